@@ -1,0 +1,55 @@
+"""How room events look to people and to scripts (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from zmeet.client import Notice
+from zmeet.protocol import RoomEvent
+
+
+def event_dict(event: RoomEvent, *, history: bool = False) -> dict:
+    """The JSON object of a room event: ``type``, ``room``, ``seq``, ``id``, ``from``, ``text``,
+    ``ts`` (ISO 8601, UTC, milliseconds), ``ts_ms`` (ms since the Unix epoch), ``history``."""
+    ts = datetime.fromtimestamp(event.ts_ms / 1000, tz=timezone.utc)
+    return {
+        "type": event.type,
+        "room": event.room,
+        "seq": event.seq,
+        "id": event.id,
+        "from": event.sender,
+        "text": event.text,
+        "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts_ms": event.ts_ms,
+        "history": history,
+    }
+
+
+def event_json(event: RoomEvent | Notice, *, history: bool = False) -> str:
+    """One JSON line for ``event`` (a notice is ``{"type": "notice", "kind", "text"}``)."""
+    if isinstance(event, Notice):
+        return json.dumps({"type": "notice", "kind": event.kind, "text": event.text})
+    return json.dumps(event_dict(event, history=history), ensure_ascii=False)
+
+
+def event_line(event: RoomEvent | Notice, *, show_room: bool = True) -> str:
+    """One line for people: ``[12:34:56] #lobby <alice> hello``."""
+    if isinstance(event, Notice):
+        return f"-- {event.text}"
+    clock = time.strftime("%H:%M:%S", time.localtime(event.ts_ms / 1000))
+    where = f"#{event.room} " if show_room else ""
+    who = event.sender
+    if event.type == "chat":
+        return f"[{clock}] {where}<{who}> {event.text}"
+    if event.type == "join":
+        return f"[{clock}] {where}* {who} joined"
+    if event.type == "leave":
+        reason = f" ({event.text})" if event.text else ""
+        return f"[{clock}] {where}* {who} left{reason}"
+    if event.type == "gone":
+        return f"[{clock}] {where}* {who} is gone ({event.text or 'no heartbeat'})"
+    if event.type == "topic":
+        return f"[{clock}] {where}* {who} set the room topic: {event.text}"
+    return f"[{clock}] {where}* {who} {event.type} {event.text}"

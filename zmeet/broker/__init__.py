@@ -1,0 +1,8 @@
+"""The broker: gevent + zmq.green server loop over the chat domain and the SQLite store."""
+
+from __future__ import annotations
+
+from .server import Broker, BrokerConfig, default_data_dir, derive_endpoints
+from .store import Store
+
+__all__ = ["Broker", "BrokerConfig", "Store", "default_data_dir", "derive_endpoints"]

@@ -1,0 +1,468 @@
+"""The zmeet broker: gevent and ``zmq.green`` drive the chat domain and the store.
+
+Sockets (docs/architecture.md, "Lanes"):
+
+- control: ROUTER, bound at ``config.control``. Requests in, one reply each.
+- events: PUB, bound at ``config.events``. Room events and heartbeats.
+- media in: ROUTER, bound at ``config.media_in``. Clients' media DEALERs connect with their
+  ``media_token`` as routing id, so the broker knows the sender of every frame.
+- media out: PUB, bound at ``config.media_out``. Frames under ``media/<room>/<sender>/<kind>``.
+
+One greenlet owns each socket it waits on (DESIGN.md, "Rules of the gevent hub"): the control
+greenlet waits on the control ROUTER, the media greenlet on the media ROUTER. PUB sockets are
+never waited on: every send on them is ``NOBLOCK`` and a full queue drops, as PUB does. Hot
+loops wait once on the green socket, then drain the raw socket it shadows with ``NOBLOCK``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+import gevent.event
+import zmq
+import zmq.green as zmq_green
+
+from .. import protocol as p
+from ..chat import ChatError, Rooms
+from ..protocol.limits import (
+    DEFAULT_HISTORY,
+    HEADER,
+    HEARTBEAT_INTERVAL_MS,
+    HEARTBEAT_LIVENESS,
+    MAX_CONTROL_FRAME_BYTES,
+    MAX_HISTORY,
+    MAX_MEDIA_FRAME_BYTES,
+    MAX_MEDIA_META_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_ROOM_TOPIC_BYTES,
+    MAX_ROOMS_PER_SESSION,
+    MAX_TEXT_BYTES,
+    PROTOCOL_VERSION,
+)
+from .store import Store
+
+log = logging.getLogger("zmeet.broker")
+
+DRAIN_BATCH = 256
+"""Messages handled per wake-up before the loop yields to other greenlets."""
+
+REPLY_CACHE_SIZE = 64
+"""Replies remembered per session, so a retried ``req_id`` gets its first reply."""
+
+MEDIA_OUT_HWM = 16
+"""Media messages queued per subscriber before PUB drops (newest-frame-wins, not a backlog)."""
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
+
+_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+|\*)$")
+
+
+def derive_endpoints(control: str) -> dict[str, str]:
+    """The four lane endpoints from the control endpoint: the next TCP ports, or for
+    ``ipc://PATH`` the paths ``PATH-events``, ``PATH-media-in`` and ``PATH-media-out``.
+
+    ``tcp://HOST:*`` gives every lane a port of the system's choosing. Raises ValueError for
+    an endpoint that is neither.
+    """
+    match = _TCP.match(control)
+    lanes = ("events", "media_in", "media_out")
+    if match:
+        host, port = match["host"], match["port"]
+        if port == "*":
+            return {"control": control, **{lane: f"tcp://{host}:*" for lane in lanes}}
+        base = int(port)
+        if not 0 < base <= 65535 - 3:
+            raise ValueError(f"port {base} leaves no room for the next three lanes")
+        out = {"control": control}
+        for i, lane in enumerate(lanes, 1):
+            out[lane] = f"tcp://{host}:{base + i}"
+        return out
+    if control.startswith(("ipc://", "inproc://")):
+        return {"control": control, **{lane: f"{control}-{lane.replace('_', '-')}" for lane in lanes}}
+    raise ValueError(f"endpoint {control!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/zmeet``, or ``~/.local/share/zmeet`` (XDG Base Directory spec)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "zmeet"
+
+
+@dataclass
+class BrokerConfig:
+    """What ``zmeet broker`` takes. Lanes left None take :func:`derive_endpoints`'s."""
+
+    control: str = DEFAULT_CONTROL
+    events: str | None = None
+    media_in: str | None = None
+    media_out: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    history: int = DEFAULT_HISTORY
+    heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
+    heartbeat_liveness: int = HEARTBEAT_LIVENESS
+
+    def endpoints(self) -> dict[str, str]:
+        derived = derive_endpoints(self.control)
+        for lane in ("events", "media_in", "media_out"):
+            given = getattr(self, lane)
+            if given:
+                derived[lane] = given
+        return derived
+
+
+@dataclass
+class ClientSession:
+    """What the broker knows of one connected client (keyed by control routing id)."""
+
+    routing_id: bytes
+    nick: str
+    media_token: bytes
+    last_seen: float
+    replies: OrderedDict[int, list[bytes]] = field(default_factory=OrderedDict)
+
+
+class Broker:
+    """A zmeet broker. :meth:`start` binds and spawns; :meth:`stop` stops; endpoints are in
+    :attr:`endpoints` after :meth:`start` (wildcard ports resolved).
+
+    Raises ``zmq.ZMQError`` from :meth:`start` if an endpoint cannot be bound (address in use).
+    """
+
+    def __init__(self, config: BrokerConfig, context: zmq_green.Context | None = None) -> None:
+        self.config = config
+        self._own_context = context is None
+        self.context = context or zmq_green.Context()
+        self.epoch = secrets.token_hex(8)
+        self.endpoints: dict[str, str] = {}
+        self.sessions: dict[bytes, ClientSession] = {}
+        self._by_token: dict[bytes, ClientSession] = {}
+        self._greenlets: list[gevent.Greenlet] = []
+        self._stopped = gevent.event.Event()
+        self.store: Store | None = None
+        self.rooms: Rooms | None = None
+        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0}
+
+    # lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
+        self.rooms = Rooms(time.time, self.store.load_room)
+        wanted = cfg.endpoints()
+        ctx = self.context
+        self._control = ctx.socket(zmq.ROUTER)
+        self._control.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME_BYTES)
+        self._events = ctx.socket(zmq.PUB)
+        self._media_in = ctx.socket(zmq.ROUTER)
+        self._media_in.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._media_in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
+        self._media_in.setsockopt(zmq.RCVHWM, 64)
+        self._media_out = ctx.socket(zmq.PUB)
+        self._media_out.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
+        sockets = {
+            "control": self._control,
+            "events": self._events,
+            "media_in": self._media_in,
+            "media_out": self._media_out,
+        }
+        try:
+            for lane, sock in sockets.items():
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.bind(wanted[lane])
+                self.endpoints[lane] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError:
+            self._close_sockets()
+            self.store.close()
+            raise
+        # raw sockets shadowing the green ones: NOBLOCK drains and sends, no hub round trip
+        self._control_raw = zmq.Socket.shadow(self._control.underlying)
+        self._events_raw = zmq.Socket.shadow(self._events.underlying)
+        self._media_in_raw = zmq.Socket.shadow(self._media_in.underlying)
+        self._media_out_raw = zmq.Socket.shadow(self._media_out.underlying)
+        self._greenlets = [
+            gevent.spawn(self._control_loop),
+            gevent.spawn(self._media_loop),
+            gevent.spawn(self._heartbeat_loop),
+        ]
+        log.info(
+            "broker epoch %s: control %s, events %s, media in %s, media out %s, data %s",
+            self.epoch,
+            *(self.endpoints[k] for k in sockets),
+            self.store.path,
+        )
+
+    def stop(self) -> None:
+        """Stop serving: kill the loops, close the sockets and the store. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        gevent.killall(self._greenlets, block=True, timeout=2)
+        self._close_sockets()
+        if self.store is not None:
+            self.store.close()
+        if self._own_context:
+            self.context.term()
+        log.info("broker stopped")
+
+    def serve_forever(self) -> None:
+        """Start if needed and block the calling greenlet until :meth:`stop`."""
+        if not self.endpoints:
+            self.start()
+        self._stopped.wait()
+
+    def _close_sockets(self) -> None:
+        for name in ("_control", "_events", "_media_in", "_media_out"):
+            sock = getattr(self, name, None)
+            if sock is not None and not sock.closed:
+                sock.close(linger=0)
+
+    # control lane -----------------------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        green, raw = self._control, self._control_raw
+        while True:
+            self._on_control(green.recv_multipart())
+            for _ in range(DRAIN_BATCH):
+                try:
+                    frames = raw.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_control(frames)
+            gevent.sleep(0)
+
+    def _on_control(self, frames: list[bytes]) -> None:
+        routing_id, body = frames[0], frames[1:]
+        self.stats["requests"] += 1
+        try:
+            request = p.decode(body, max_body_bytes=MAX_REQUEST_BYTES)
+            if not isinstance(request, p.Request):
+                raise p.RemoteProtocolError(
+                    f"{request.COMMAND.decode()} is not a request", code=p.ErrorCode.BAD_REQUEST
+                )
+        except p.RemoteProtocolError as exc:
+            self.stats["errors"] += 1
+            log.debug("bad message from %s: %s", routing_id.hex(), exc.reason)
+            self._reply(routing_id, p.Error(req_id=exc.req_id, code=exc.code, reason=exc.reason))
+            return
+        session = self.sessions.get(routing_id)
+        if session is not None:
+            session.last_seen = time.monotonic()
+            cached = session.replies.get(request.req_id)
+            if cached is not None and not isinstance(request, p.Ping):
+                self._control_raw.send_multipart([routing_id, *cached], zmq.NOBLOCK)
+                return
+        try:
+            reply = self._dispatch(routing_id, session, request)
+        except ChatError as exc:
+            self.stats["errors"] += 1
+            reply = p.Error(req_id=request.req_id, code=int(exc.code), reason=exc.reason)
+        except Exception:
+            log.exception("error handling %s", type(request).__name__)
+            reply = p.Error(
+                req_id=request.req_id, code=p.ErrorCode.INTERNAL_ERROR, reason="internal error"
+            )
+        frames_out = self._reply(routing_id, reply)
+        session = self.sessions.get(routing_id)
+        if session is not None and not isinstance(request, p.Ping):
+            session.replies[request.req_id] = frames_out
+            if len(session.replies) > REPLY_CACHE_SIZE:
+                session.replies.popitem(last=False)
+
+    def _reply(self, routing_id: bytes, reply: p.Reply) -> list[bytes]:
+        frames = p.encode(reply)
+        try:
+            self._control_raw.send_multipart([routing_id, *frames], zmq.NOBLOCK)
+        except zmq.Again:  # the client's queue is full: it is not reading
+            log.warning("reply to %s dropped: its queue is full", routing_id.hex())
+        return frames
+
+    def _dispatch(
+        self, routing_id: bytes, session: ClientSession | None, req: p.Request
+    ) -> p.Reply:
+        if isinstance(req, p.Hello):
+            return self._hello(routing_id, session, req)
+        if session is None:
+            raise ChatError(p.ErrorCode.NO_SESSION, "no session: send HELLO first")
+        rooms = self.rooms
+        assert rooms is not None and self.store is not None
+        nick = session.nick
+        if isinstance(req, p.Ping):
+            return p.Pong(req_id=req.req_id, ts_ms=int(time.time() * 1000))
+        if isinstance(req, p.Say):
+            event = rooms.say(req.room, nick, req.text)
+            self._publish_events([event])
+            log.debug("chat %s#%d from %s", req.room, event.seq, nick)
+            return p.Posted(req_id=req.req_id, room=req.room, seq=event.seq, id=event.id,
+                            ts_ms=event.ts_ms)
+        if isinstance(req, p.Join):
+            count = self.config.history if req.history < 0 else req.history
+            if count > MAX_HISTORY:
+                raise ChatError(p.ErrorCode.TOO_MANY, f"history is limited to {MAX_HISTORY}")
+            event = rooms.join(req.room, nick)
+            if event is not None:
+                self._publish_events([event])
+                log.info("%s joined %s", nick, req.room)
+            room = rooms.room(req.room)
+            return p.Joined(
+                req_id=req.req_id,
+                room=room.name,
+                topic=room.topic,
+                members=tuple(room.members),
+                last_seq=room.last_seq,
+                history=tuple(self.store.recent_chat(room.name, count)),
+            )
+        if isinstance(req, p.Leave):
+            self._publish_events([rooms.leave(req.room, nick)])
+            log.info("%s left %s", nick, req.room)
+            return p.Ok(req_id=req.req_id)
+        if isinstance(req, p.History):
+            rooms.room(req.room)  # validates the name
+            if not rooms.is_member(req.room, nick):
+                raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
+            if not 0 <= req.limit <= MAX_HISTORY or req.after_seq < 0:
+                raise ChatError(p.ErrorCode.TOO_MANY, f"limit must be 0 to {MAX_HISTORY}")
+            return p.Events(req_id=req.req_id, room=req.room,
+                            events=tuple(self.store.after(req.room, req.after_seq, req.limit)))
+        if isinstance(req, p.Info):
+            room = rooms.room(req.room)
+            return p.RoomInfo(req_id=req.req_id, room=room.name, topic=room.topic,
+                              members=tuple(room.members),
+                              message_count=self.store.chat_count(room.name),
+                              last_seq=room.last_seq)
+        if isinstance(req, p.SetTopic):
+            self._publish_events([rooms.set_topic(req.room, nick, req.topic)])
+            return p.Ok(req_id=req.req_id)
+        if isinstance(req, p.Bye):
+            self._end_session(session, "leave", "quit")
+            return p.Ok(req_id=req.req_id)
+        raise ChatError(p.ErrorCode.UNKNOWN_COMMAND, f"{req.COMMAND.decode()} is not handled")
+
+    def _hello(self, routing_id: bytes, session: ClientSession | None, req: p.Hello) -> p.Reply:
+        rooms = self.rooms
+        assert rooms is not None
+        if session is not None and session.nick != req.nick:
+            self._end_session(session, "leave", "new nick")
+            session = None
+        rooms.claim_nick(req.nick, routing_id)  # raises NICK_IN_USE, INVALID_NAME
+        if session is None:
+            session = ClientSession(routing_id, req.nick, secrets.token_bytes(16), time.monotonic())
+            self.sessions[routing_id] = session
+            self._by_token[session.media_token] = session
+            log.info("%s connected (%s)", req.nick, req.client or "unknown client")
+        return p.Welcome(
+            req_id=req.req_id,
+            nick=req.nick,
+            epoch=self.epoch,
+            endpoints=dict(self.endpoints),
+            limits=self.limits(),
+            media_token=session.media_token,
+        )
+
+    def limits(self) -> dict[str, int]:
+        """The limits told to clients in WELCOME (docs/protocol.md, "Limits")."""
+        return {
+            "protocol_version": PROTOCOL_VERSION,
+            "max_text_bytes": MAX_TEXT_BYTES,
+            "max_room_topic_bytes": MAX_ROOM_TOPIC_BYTES,
+            "max_request_bytes": MAX_REQUEST_BYTES,
+            "max_media_frame_bytes": MAX_MEDIA_FRAME_BYTES,
+            "max_history": MAX_HISTORY,
+            "history_default": self.config.history,
+            "max_rooms": MAX_ROOMS_PER_SESSION,
+            "heartbeat_interval_ms": self.config.heartbeat_interval_ms,
+            "heartbeat_liveness": self.config.heartbeat_liveness,
+        }
+
+    def _end_session(self, session: ClientSession, type_: str, reason: str) -> None:
+        assert self.rooms is not None
+        events = self.rooms.release_nick(session.nick, type_, reason)
+        self._publish_events(events)
+        self.sessions.pop(session.routing_id, None)
+        self._by_token.pop(session.media_token, None)
+        log.info("%s %s (%s)", session.nick, "gone" if type_ == "gone" else "disconnected", reason)
+
+    def _publish_events(self, events: list[p.RoomEvent]) -> None:
+        """Store, then publish (the Clone pattern: nothing is published that was not stored)."""
+        assert self.store is not None
+        self.store.append(events)
+        for event in events:
+            self._publish(p.encode_published(event))
+
+    def _publish(self, frames: list[bytes]) -> None:
+        try:
+            self._events_raw.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # PUB never raises Again; kept for safety under odd transports
+            pass
+
+    # heartbeats -------------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval_s = self.config.heartbeat_interval_ms / 1000
+        expiry_s = interval_s * self.config.heartbeat_liveness
+        while True:
+            self._publish(p.encode_published(p.Heartbeat(
+                epoch=self.epoch, ts_ms=int(time.time() * 1000),
+                interval_ms=self.config.heartbeat_interval_ms)))
+            now = time.monotonic()
+            for session in [s for s in self.sessions.values() if now - s.last_seen > expiry_s]:
+                self._end_session(session, "gone", "heartbeats stopped")
+            gevent.sleep(interval_s)
+
+    # media lane -------------------------------------------------------------------------------
+
+    def _media_loop(self) -> None:
+        green, raw = self._media_in, self._media_in_raw
+        while True:
+            self._on_media(green.recv_multipart(copy=False))
+            for _ in range(DRAIN_BATCH):
+                try:
+                    frames = raw.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._on_media(frames)
+            gevent.sleep(0)
+
+    def _on_media(self, frames: list[zmq.Frame]) -> None:
+        """Forward one media frame to the room, stamped with its sender; drop bad ones.
+
+        The media lane has no replies (nothing is retransmitted): a frame from an unknown
+        token, for a room the sender is not in, or that does not decode is dropped and counted.
+        """
+        self.stats["media_in"] += 1
+        session = self._by_token.get(frames[0].bytes)
+        if session is None or len(frames) != 5:
+            self.stats["media_dropped"] += 1
+            return
+        try:
+            frame = p.decode([f.buffer for f in frames[1:]])
+        except p.RemoteProtocolError as exc:
+            self.stats["media_dropped"] += 1
+            log.debug("media from %s dropped: %s", session.nick, exc.reason)
+            return
+        assert self.rooms is not None
+        if not isinstance(frame, p.MediaFrame) or not self.rooms.is_member(frame.room, session.nick):
+            self.stats["media_dropped"] += 1
+            return
+        session.last_seen = time.monotonic()
+        stamped = dataclasses.replace(frame, sender=session.nick, payload=b"")
+        header, command, meta, _ = p.encode(stamped)
+        topic = p.media_topic(frame.room, session.nick, frame.kind)
+        try:
+            self._media_out_raw.send_multipart(
+                [topic, header, command, meta, frames[4]], zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            self.stats["media_dropped"] += 1
+
+
+__all__ = ["Broker", "BrokerConfig", "derive_endpoints", "default_data_dir", "HEADER"]

@@ -1,0 +1,111 @@
+"""The broker's SQLite store (docs/architecture.md, "Storage"): room events and room topics.
+
+One file, ``zmeet.sqlite3`` in the data directory, in WAL mode with ``synchronous=NORMAL``:
+a commit is durable across a broker crash, and only a power cut may lose the last ones.
+Each append is one small transaction, fast enough for the hub (tens of microseconds);
+bulk work belongs in gevent's threadpool (DESIGN.md, "Rules of the gevent hub").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..protocol import RoomEvent
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    room   TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    id     TEXT    NOT NULL,
+    ts_ms  INTEGER NOT NULL,
+    type   TEXT    NOT NULL,
+    sender TEXT    NOT NULL,
+    text   TEXT    NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_chat ON events (room, type, seq);
+CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY, topic TEXT NOT NULL DEFAULT '');
+"""
+
+_COLUMNS = "room, seq, id, ts_ms, type, sender, text"
+
+
+def _event(row: tuple) -> RoomEvent:
+    room, seq, id_, ts_ms, type_, sender, text = row
+    return RoomEvent(room=room, seq=seq, id=id_, ts_ms=ts_ms, type=type_, sender=sender, text=text)
+
+
+class Store:
+    """Room history in a SQLite file at ``path`` (created with its folder if missing).
+
+    Raises :class:`sqlite3.Error` (``DatabaseError`` for a file that is not a zmeet store).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, events: Iterable[RoomEvent]) -> None:
+        """Store ``events`` in one transaction; a topic event also sets the room topic."""
+        rows = [(e.room, e.seq, e.id, e.ts_ms, e.type, e.sender, e.text) for e in events]
+        if not rows:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)", rows)
+            for room, _seq, _id, _ts, type_, _s, text in rows:
+                if type_ == "topic":
+                    self._db.execute(
+                        "INSERT INTO rooms (name, topic) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET topic = excluded.topic",
+                        (room, text),
+                    )
+
+    def load_room(self, room: str) -> tuple[int, str]:
+        """``(last_seq, topic)`` of ``room``: ``(0, "")`` for a room never used."""
+        (last_seq,) = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?", (room,)
+        ).fetchone()
+        row = self._db.execute("SELECT topic FROM rooms WHERE name = ?", (room,)).fetchone()
+        return last_seq, row[0] if row else ""
+
+    def recent_chat(self, room: str, count: int) -> list[RoomEvent]:
+        """The last ``count`` chat events of ``room``, oldest first."""
+        if count <= 0:
+            return []
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE room = ? AND type = 'chat' "
+            "ORDER BY seq DESC LIMIT ?",
+            (room, count),
+        ).fetchall()
+        return [_event(r) for r in reversed(rows)]
+
+    def after(self, room: str, after_seq: int, limit: int) -> list[RoomEvent]:
+        """Events of ``room`` with ``seq > after_seq``, oldest first, at most ``limit``."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (room, after_seq, limit),
+        ).fetchall()
+        return [_event(r) for r in rows]
+
+    def chat_count(self, room: str) -> int:
+        """How many chat messages ``room`` has stored."""
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM events WHERE room = ? AND type = 'chat'", (room,)
+        ).fetchone()
+        return n

@@ -1,0 +1,7 @@
+"""The client side: a gevent + zmq.green session with the broker, and the media lanes."""
+
+from __future__ import annotations
+
+from .session import Notice, Session, resolve_endpoint
+
+__all__ = ["Notice", "Session", "resolve_endpoint"]

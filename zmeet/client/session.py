@@ -1,0 +1,347 @@
+"""The client session: HELLO, requests and replies, ordered room events, heartbeats, reconnects.
+
+Driven by gevent and ``zmq.green``. One greenlet owns each socket it waits on: the reply
+reader owns the control DEALER, the event reader the events SUB. Requests are sent with
+``NOBLOCK`` (a DEALER queues them; nothing waits on the socket to send) and wait for their reply
+on a :class:`gevent.event.AsyncResult` under a :class:`gevent.Timeout`.
+
+Room events reach :attr:`Session.events` in order, each once (docs/protocol.md, "Reliable
+room events", after the Clone pattern of the ZeroMQ Guide, chapter 5): the SUB subscribes
+before JOIN, events at or below JOINED's ``last_seq`` are dropped, and a gap in sequence
+numbers is filled with HISTORY before later events are delivered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import gevent
+import gevent.event
+import gevent.queue
+import zmq
+import zmq.green as zmq_green
+
+from .. import protocol as p
+from ..errors import BrokerUnavailable, NickInUse, RequestRefused
+from ..protocol.limits import MAX_HISTORY
+
+log = logging.getLogger("zmeet.client")
+
+DEFAULT_TIMEOUT_S = 5.0
+"""How long a request waits for its reply before the broker is taken to be unavailable."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something about the session, not a room: ``kind`` is ``broker-lost``,
+    ``reconnected`` or ``broker-restarted``; ``text`` says it for people."""
+
+    kind: str
+    text: str
+
+
+def resolve_endpoint(advertised: str, control: str) -> str:
+    """``advertised`` with a wildcard host (``0.0.0.0``, ``*``, ``[::]``) replaced by the host of
+    ``control``, so that a broker bound to every interface still tells clients a usable address."""
+    m = re.match(r"^tcp://(\[[^\]]*\]|[^:/]*):(\d+)$", advertised)
+    c = re.match(r"^tcp://(\[[^\]]*\]|[^:/]*):", control)
+    if m and c and m.group(1) in ("0.0.0.0", "*", "[::]", "::", ""):
+        return f"tcp://{c.group(1)}:{m.group(2)}"
+    return advertised
+
+
+@dataclass
+class _RoomCursor:
+    last_seq: int | None = None  # None until JOINED
+    pending: list[p.RoomEvent] = field(default_factory=list)
+
+
+class Session:
+    """A connection to one broker under one nick.
+
+    ``broker`` is the control endpoint (``tcp://HOST:PORT``); ``timeout_s`` bounds every
+    request. Call :meth:`connect` first; it raises :class:`BrokerUnavailable` if the broker
+    does not answer within ``timeout_s``, :class:`NickInUse` or :class:`RequestRefused` if it
+    refuses. Every other request raises the same on timeout or ERROR.
+    """
+
+    def __init__(
+        self,
+        broker: str,
+        nick: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        client: str = "zmeet",
+        context: zmq_green.Context | None = None,
+        reconnect: bool = True,
+    ) -> None:
+        self.broker = broker
+        self.nick = nick
+        self.timeout_s = timeout_s
+        self.client_name = client
+        self.reconnect = reconnect
+        self.context = context or zmq_green.Context.instance()
+        self.events: gevent.queue.Queue = gevent.queue.Queue()
+        """Ordered :class:`~zmeet.protocol.RoomEvent` and :class:`Notice` items."""
+        self.welcome: p.Welcome | None = None
+        self.endpoints: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, gevent.event.AsyncResult] = {}
+        self._rooms: dict[str, _RoomCursor] = {}
+        self._greenlets: list[gevent.Greenlet] = []
+        self._dealer: zmq_green.Socket | None = None
+        self._sub: zmq_green.Socket | None = None
+        self._last_heartbeat = time.monotonic()
+        self._closed = False
+        self._recovering = False
+
+    # connection -------------------------------------------------------------------------------
+
+    def connect(self) -> p.Welcome:
+        """Open the control and events lanes and say HELLO. Returns the WELCOME."""
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_bytes(14))
+        dealer.connect(self.broker)
+        self._dealer = dealer
+        self._greenlets.append(gevent.spawn(self._reply_loop))
+        try:
+            welcome = self._hello()
+        except BaseException:
+            self.close(bye=False)
+            raise
+        sub = self.context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, p.HEARTBEAT_TOPIC)
+        sub.connect(self.endpoints["events"])
+        self._sub = sub
+        self._last_heartbeat = time.monotonic()
+        self._greenlets.append(gevent.spawn(self._event_loop))
+        self._greenlets.append(gevent.spawn(self._heartbeat_loop))
+        return welcome
+
+    def _hello(self) -> p.Welcome:
+        welcome = self.request(p.Hello, nick=self.nick, client=self.client_name)
+        assert isinstance(welcome, p.Welcome)
+        self.welcome = welcome
+        self.endpoints = {k: resolve_endpoint(v, self.broker) for k, v in welcome.endpoints.items()}
+        return welcome
+
+    def close(self, bye: bool = True) -> None:
+        """Say BYE (if asked and connected, waiting at most ``timeout_s``), stop the greenlets
+        and close the sockets. Idempotent; never raises for a broker that went away."""
+        if self._closed:
+            return
+        if bye and self.welcome is not None:
+            try:
+                self.request(p.Bye, timeout_s=min(self.timeout_s, 2.0))
+            except (BrokerUnavailable, RequestRefused):
+                pass  # the broker will time the session out by heartbeats
+        self._closed = True
+        gevent.killall(self._greenlets, block=True, timeout=1)
+        for sock in (self._dealer, self._sub):
+            if sock is not None:
+                sock.close(linger=0)
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        if self.welcome is None:
+            return 2.0
+        return self.welcome.limits.get("heartbeat_interval_ms", 2000) / 1000
+
+    # requests ---------------------------------------------------------------------------------
+
+    def request(self, cls: type[p.Request], *, timeout_s: float | None = None, **fields) -> p.Reply:
+        """Send ``cls(req_id=..., **fields)`` and wait for its reply.
+
+        Raises :class:`BrokerUnavailable` after ``timeout_s`` without a reply,
+        :class:`NickInUse` or :class:`RequestRefused` for an ERROR reply.
+        """
+        if self._dealer is None or self._closed:
+            raise BrokerUnavailable("the session is closed")
+        req_id = next(self._ids)
+        result = gevent.event.AsyncResult()
+        self._pending[req_id] = result
+        try:
+            try:
+                self._dealer.send_multipart(p.encode(cls(req_id=req_id, **fields)), zmq.NOBLOCK)
+            except zmq.Again:
+                raise BrokerUnavailable(f"cannot reach the broker at {self.broker}") from None
+            wait_s = self.timeout_s if timeout_s is None else timeout_s
+            try:
+                reply = result.get(timeout=wait_s)
+            except gevent.Timeout:
+                raise BrokerUnavailable(
+                    f"no answer from the broker at {self.broker} within {wait_s:g} s: "
+                    "is `zmeet broker` running there?"
+                ) from None
+        finally:
+            self._pending.pop(req_id, None)
+        if isinstance(reply, p.Error):
+            exc_cls = NickInUse if reply.code == p.ErrorCode.NICK_IN_USE else RequestRefused
+            raise exc_cls(reply.code, reply.reason)
+        return reply
+
+    def say(self, room: str, text: str) -> p.Posted:
+        """Say ``text`` in ``room``; returns POSTED once stored and published."""
+        reply = self.request(p.Say, room=room, text=text)
+        assert isinstance(reply, p.Posted)
+        return reply
+
+    def join(self, room: str, history: int = -1) -> p.Joined:
+        """Subscribe to ``room``, JOIN it, and queue its history (chat messages, oldest first)
+        on :attr:`events`, followed by live events in order."""
+        cursor = self._rooms.setdefault(room, _RoomCursor())
+        if self._sub is not None:
+            self._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(room))
+        try:
+            joined = self.request(p.Join, room=room, history=history)
+        except BaseException:
+            self._forget(room)
+            raise
+        assert isinstance(joined, p.Joined)
+        for event in joined.history:
+            self.events.put(event)
+        cursor.last_seq = joined.last_seq
+        pending, cursor.pending = cursor.pending, []
+        for event in sorted(pending, key=lambda e: e.seq):
+            self._on_room_event(event)
+        return joined
+
+    def leave(self, room: str) -> None:
+        """LEAVE ``room`` and stop listening to it."""
+        self.request(p.Leave, room=room)
+        self._forget(room)
+
+    def _forget(self, room: str) -> None:
+        if self._rooms.pop(room, None) is not None and self._sub is not None:
+            self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(room))
+
+    def info(self, room: str) -> p.RoomInfo:
+        reply = self.request(p.Info, room=room)
+        assert isinstance(reply, p.RoomInfo)
+        return reply
+
+    def set_topic(self, room: str, topic: str) -> None:
+        self.request(p.SetTopic, room=room, topic=topic)
+
+    def history(self, room: str, after_seq: int, limit: int = MAX_HISTORY) -> tuple[p.RoomEvent, ...]:
+        reply = self.request(p.History, room=room, after_seq=after_seq, limit=limit)
+        assert isinstance(reply, p.Events)
+        return reply.events
+
+    @property
+    def rooms(self) -> Iterable[str]:
+        return tuple(self._rooms)
+
+    # loops ------------------------------------------------------------------------------------
+
+    def _reply_loop(self) -> None:
+        assert self._dealer is not None
+        while True:
+            frames = self._dealer.recv_multipart()
+            try:
+                reply = p.decode(frames)
+            except p.RemoteProtocolError as exc:
+                log.warning("bad reply from the broker: %s", exc.reason)
+                continue
+            waiter = self._pending.get(getattr(reply, "req_id", -1))
+            if waiter is not None:
+                waiter.set(reply)
+
+    def _event_loop(self) -> None:
+        assert self._sub is not None
+        while True:
+            frames = self._sub.recv_multipart()
+            try:
+                _topic, message = p.decode_published(frames)
+            except p.RemoteProtocolError as exc:
+                log.warning("bad event from the broker: %s", exc.reason)
+                continue
+            if isinstance(message, p.Heartbeat):
+                self._last_heartbeat = time.monotonic()
+                if self.welcome is not None and message.epoch != self.welcome.epoch:
+                    self._recover("broker-restarted", "the broker restarted; rejoining")
+            elif isinstance(message, p.RoomEvent):
+                self._on_room_event(message)
+
+    def _on_room_event(self, event: p.RoomEvent) -> None:
+        cursor = self._rooms.get(event.room)
+        if cursor is None:
+            return
+        if cursor.last_seq is None:  # JOINED not yet here: hold it
+            cursor.pending.append(event)
+            return
+        if event.seq <= cursor.last_seq:
+            return  # already delivered (or in history)
+        if event.seq > cursor.last_seq + 1:
+            self._fill_gap(event.room, cursor, event.seq)
+            if event.seq <= (cursor.last_seq or 0):
+                return
+        cursor.last_seq = event.seq
+        self.events.put(event)
+
+    def _fill_gap(self, room: str, cursor: _RoomCursor, upto_seq: int) -> None:
+        assert cursor.last_seq is not None
+        try:
+            missing = self.history(room, cursor.last_seq, min(MAX_HISTORY, upto_seq - cursor.last_seq - 1))
+        except (BrokerUnavailable, RequestRefused) as exc:
+            log.warning("could not fill the gap in %s before seq %d: %s", room, upto_seq, exc)
+            return
+        for event in missing:
+            if event.seq > cursor.last_seq and event.seq < upto_seq:
+                cursor.last_seq = event.seq
+                self.events.put(event)
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            interval_s = self.heartbeat_interval_s
+            gevent.sleep(interval_s)
+            liveness = self.welcome.limits.get("heartbeat_liveness", 5) if self.welcome else 5
+            silent_s = time.monotonic() - self._last_heartbeat
+            try:
+                self.request(p.Ping, timeout_s=interval_s * liveness)
+            except BrokerUnavailable:
+                self._recover("broker-lost", "lost the broker; reconnecting")
+                continue
+            except RequestRefused as exc:
+                if exc.code == p.ErrorCode.NO_SESSION:  # the broker timed us out
+                    self._recover("broker-lost", "the broker dropped this session; rejoining")
+                continue
+            if silent_s > interval_s * liveness:
+                self._recover("broker-lost", "no heartbeat from the broker; rejoining")
+
+    def _recover(self, kind: str, text: str) -> None:
+        """Say HELLO again and rejoin every room, filling what was missed from history."""
+        if self._recovering:
+            return
+        self.events.put(Notice(kind, text))
+        if not self.reconnect or self._closed:
+            return
+        self._recovering = True
+        try:
+            self._reconnect()
+        finally:
+            self._recovering = False
+
+    def _reconnect(self) -> None:
+        while not self._closed:
+            try:
+                self._hello()
+                for room, cursor in list(self._rooms.items()):
+                    last = cursor.last_seq or 0
+                    self.request(p.Join, room=room, history=0)
+                    self._fill_gap(room, cursor, 2**62)
+                    cursor.last_seq = max(cursor.last_seq or 0, last)
+                self._last_heartbeat = time.monotonic()
+                self.events.put(Notice("reconnected", "reconnected to the broker"))
+                return
+            except (BrokerUnavailable, RequestRefused) as exc:
+                log.info("reconnect failed: %s", exc)
+                gevent.sleep(self.heartbeat_interval_s)

@@ -1,0 +1,59 @@
+"""The one tree of zmeet's exceptions (h11 ``_util.py`` and magic-wormhole ``errors.py``).
+
+Every exception zmeet raises on purpose derives from :class:`ZmeetError`. Each class's
+docstring is written for people: the CLI prints it (or the instance's message) and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class ZmeetError(Exception):
+    """Something went wrong in zmeet."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text or (self.__doc__ or type(self).__name__).strip()
+
+
+class ProtocolError(ZmeetError):
+    """A message broke the zmeet wire protocol (docs/protocol.md).
+
+    ``code`` is an :class:`zmeet.protocol.ErrorCode` value; ``req_id`` is the request id of the
+    offending message when it could be read (else 0), so that a broker can answer
+    ``ERROR(req_id, code, reason)``.
+    """
+
+    def __init__(self, reason: str, code: int = 400, req_id: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.req_id = req_id
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send something the protocol does not allow (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class BrokerUnavailable(ZmeetError):
+    """The broker did not answer. Is `zmeet broker` running, and is --broker right?"""
+
+
+class RequestRefused(ZmeetError):
+    """The broker refused a request: ``code`` and ``reason`` say why (docs/protocol.md, Errors)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class NickInUse(RequestRefused):
+    """That nick is in use on this broker: choose another with --nick."""
+
+
+class DeviceError(ZmeetError):
+    """A camera, screen, video file or window could not be opened or read."""

@@ -1,0 +1,62 @@
+"""The zmeet wire protocol, sans-IO (docs/protocol.md): messages, codec, limits, error codes.
+
+Imports neither gevent nor zmq: ``decode(frames) -> Message`` and ``encode(message) -> frames``.
+"""
+
+from __future__ import annotations
+
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .codec import (
+    HEARTBEAT_TOPIC,
+    decode,
+    decode_published,
+    encode,
+    encode_published,
+    media_room_topic,
+    media_topic,
+    room_topic,
+    topic_of,
+)
+from .codes import ErrorCode
+from .limits import HEADER, PROTOCOL_VERSION, is_valid_nick, is_valid_room
+from .messages import (
+    ALL_MESSAGES,
+    MEDIA_KINDS,
+    PUBLISHED,
+    REPLIES,
+    REQUESTS,
+    ROOM_EVENT_TYPES,
+    Bye,
+    Error,
+    Events,
+    Heartbeat,
+    Hello,
+    History,
+    Info,
+    Join,
+    Joined,
+    Leave,
+    MediaFrame,
+    Message,
+    Ok,
+    Ping,
+    Pong,
+    Posted,
+    Reply,
+    Request,
+    RoomEvent,
+    RoomInfo,
+    Say,
+    SetTopic,
+    Welcome,
+)
+
+__all__ = [
+    "ALL_MESSAGES", "HEADER", "HEARTBEAT_TOPIC", "MEDIA_KINDS", "PROTOCOL_VERSION", "PUBLISHED",
+    "REPLIES", "REQUESTS", "ROOM_EVENT_TYPES", "Bye", "Error", "ErrorCode", "Events", "Heartbeat",
+    "Hello", "History", "Info", "Join", "Joined", "Leave", "LocalProtocolError", "MediaFrame",
+    "Message", "Ok", "Ping", "Pong", "Posted", "ProtocolError", "RemoteProtocolError", "Reply",
+    "Request", "RoomEvent", "RoomInfo", "Say", "SetTopic", "Welcome", "decode",
+    "decode_published", "encode", "encode_published", "is_valid_nick", "is_valid_room",
+    "media_room_topic", "media_topic", "room_topic", "topic_of",
+]

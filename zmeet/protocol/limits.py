@@ -1,0 +1,72 @@
+"""Named limits of the zmeet protocol (docs/protocol.md, section "Limits").
+
+Every limit is enforced in the codec or the domain logic, the socket-level ones also with
+``zmq.MAXMSGSIZE``, and the broker tells clients the values in ``WELCOME.limits``.
+"""
+
+from __future__ import annotations
+
+import re
+
+PROTOCOL_VERSION = 1
+"""The version carried in every message's header frame."""
+
+SIGNATURE = b"ZMEET"
+"""The five signature bytes that open every header frame."""
+
+HEADER = SIGNATURE + bytes([PROTOCOL_VERSION])
+"""The header frame of every message this side sends: ``"ZMEET" %x01``."""
+
+MAX_NICK_LENGTH = 32
+NICK_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+"""A nick: 1 to 32 ASCII letters, digits, ``_`` or ``-``."""
+
+MAX_ROOM_LENGTH = 64
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A room name: 1 to 64 ASCII letters, digits, ``_`` or ``-`` (never ``/``: it ends a PUB topic)."""
+
+DEFAULT_ROOM = "lobby"
+
+MAX_TEXT_BYTES = 4096
+"""Largest chat message, in bytes of UTF-8. A longer one gets MESSAGE_TOO_LARGE, never truncation."""
+
+MAX_ROOM_TOPIC_BYTES = 256
+"""Largest room topic, in bytes of UTF-8."""
+
+MAX_REQUEST_BYTES = 64 * 1024
+"""Largest body frame the broker decodes on the control lane."""
+
+MAX_CONTROL_FRAME_BYTES = 1024 * 1024
+"""``zmq.MAXMSGSIZE`` of the broker's ROUTER: a larger frame drops the connection in libzmq."""
+
+MAX_MEDIA_FRAME_BYTES = 8 * 1024 * 1024
+"""Largest encoded media payload (a 4K JPEG fits)."""
+
+MAX_MEDIA_META_BYTES = 4096
+"""Largest media metadata body."""
+
+DEFAULT_HISTORY = 50
+"""Chat messages a JOIN returns when it does not say how many."""
+
+MAX_HISTORY = 1000
+"""Most events one JOIN or HISTORY reply carries."""
+
+MAX_ROOMS_PER_SESSION = 64
+
+HEARTBEAT_INTERVAL_MS = 2000
+"""How often the broker publishes HEARTBEAT and a client sends PING."""
+
+HEARTBEAT_LIVENESS = 5
+"""Intervals of silence after which the broker declares a client gone (and a client the broker)."""
+
+MAX_REQ_ID = 2**63 - 1
+
+
+def is_valid_nick(nick: object) -> bool:
+    """True if ``nick`` is a str of 1 to 32 letters, digits, ``_`` or ``-``."""
+    return isinstance(nick, str) and NICK_PATTERN.fullmatch(nick) is not None
+
+
+def is_valid_room(room: object) -> bool:
+    """True if ``room`` is a str of 1 to 64 letters, digits, ``_`` or ``-``."""
+    return isinstance(room, str) and ROOM_PATTERN.fullmatch(room) is not None
