@@ -146,6 +146,7 @@ class Broker:
         self.sessions: dict[bytes, ClientSession] = {}
         self._by_token: dict[bytes, ClientSession] = {}
         self._greenlets: list[gevent.Greenlet] = []
+        self._stopping = False
         self._stopped = gevent.event.Event()
         self.store: Store | None = None
         self.rooms: Rooms | None = None
@@ -202,17 +203,22 @@ class Broker:
         )
 
     def stop(self) -> None:
-        """Stop serving: kill the loops, close the sockets and the store. Idempotent."""
-        if self._stopped.is_set():
+        """Stop serving: kill the loops, close the sockets and the store. Idempotent; a second
+        call (from another greenlet) waits until the first has finished."""
+        if self._stopping:
+            self._stopped.wait()
             return
-        self._stopped.set()
-        gevent.killall(self._greenlets, block=True, timeout=2)
-        self._close_sockets()
-        if self.store is not None:
-            self.store.close()
-        if self._own_context:
-            self.context.term()
-        log.info("broker stopped")
+        self._stopping = True
+        try:
+            gevent.killall(self._greenlets, block=True, timeout=2)
+            self._close_sockets()
+            if self.store is not None:
+                self.store.close()
+            if self._own_context:
+                self.context.term()
+            log.info("broker stopped")
+        finally:
+            self._stopped.set()
 
     def serve_forever(self) -> None:
         """Start if needed and block the calling greenlet until :meth:`stop`."""

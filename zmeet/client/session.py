@@ -59,6 +59,7 @@ def resolve_endpoint(advertised: str, control: str) -> str:
 @dataclass
 class _RoomCursor:
     last_seq: int | None = None  # None until JOINED
+    needs_sync: bool = True  # catch up from history at the next heartbeat
     pending: list[p.RoomEvent] = field(default_factory=list)
 
 
@@ -209,6 +210,7 @@ class Session:
         for event in joined.history:
             self.events.put(event)
         cursor.last_seq = joined.last_seq
+        cursor.needs_sync = True
         pending, cursor.pending = cursor.pending, []
         for event in sorted(pending, key=lambda e: e.seq):
             self._on_room_event(event)
@@ -268,6 +270,8 @@ class Session:
                 self._last_heartbeat = time.monotonic()
                 if self.welcome is not None and message.epoch != self.welcome.epoch:
                     self._recover("broker-restarted", "the broker restarted; rejoining")
+                else:
+                    self._sync_new_rooms()
             elif isinstance(message, p.RoomEvent):
                 self._on_room_event(message)
 
@@ -286,6 +290,19 @@ class Session:
                 return
         cursor.last_seq = event.seq
         self.events.put(event)
+
+    def _sync_new_rooms(self) -> None:
+        """Catch up rooms joined since the last heartbeat.
+
+        A SUB subscription takes effect at the broker some time after ``setsockopt``, and
+        nothing tells the subscriber when (the "slow joiner" of the ZeroMQ Guide, chapter 5).
+        An event published in that window would otherwise wait for the next event to be
+        noticed as a gap; here it is fetched at the first heartbeat after JOINED instead.
+        """
+        for room, cursor in list(self._rooms.items()):
+            if cursor.needs_sync and cursor.last_seq is not None:
+                cursor.needs_sync = False
+                self._fill_gap(room, cursor, 2**62)
 
     def _fill_gap(self, room: str, cursor: _RoomCursor, upto_seq: int) -> None:
         assert cursor.last_seq is not None

@@ -1,0 +1,189 @@
+"""The CLI as a user runs it: click's CliRunner for arguments, real subprocesses for the rest."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+
+import pytest
+from click.testing import CliRunner
+from proc import ZMEET, Proc, start_broker
+
+from zmeet_cli.main import main
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    proc, endpoints = start_broker(tmp_path / "data")
+    yield endpoints["control"]
+    proc.stop()
+
+
+def zmeet(*args: str, broker: str | None = None, stdin: bool = False) -> Proc:
+    extra = ["--broker", broker] if broker else []
+    return Proc([*ZMEET, *args, *extra], stdin=stdin)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_lists_every_command():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("broker", "join", "say", "tail"):
+        assert command in result.output
+
+
+def test_nick_is_required():
+    result = CliRunner().invoke(main, ["say", "lobby", "hi"], env={"ZMEET_NICK": None})
+    assert result.exit_code == 2
+    assert "--nick" in result.output
+
+
+def test_bad_bind_endpoint_is_a_usage_error():
+    result = CliRunner().invoke(main, ["broker", "--bind", "udp://nowhere"])
+    assert result.exit_code == 2
+    assert "--bind" in result.output
+
+
+def test_unreachable_broker_fails_with_a_clear_error():
+    proc = zmeet("say", "lobby", "hello", "--nick", "alice", "--connect-timeout", "1",
+                 broker=f"tcp://127.0.0.1:{free_port()}")
+    assert proc.wait(timeout_s=15) == 1
+    assert "no answer from the broker" in "\n".join(proc.stderr)
+
+
+def test_broker_address_in_use_fails_cleanly(tmp_path, broker):
+    proc = Proc([*ZMEET, "broker", "--bind", broker, "--data-dir", str(tmp_path / "other")])
+    assert proc.wait(timeout_s=15) == 1
+    assert "cannot start the broker" in "\n".join(proc.stderr)
+
+
+def test_say_then_tail_json_with_history(broker):
+    assert zmeet("say", "lobby", "first words", "--nick", "alice", broker=broker).wait() == 0
+    tail = zmeet("tail", "lobby", "--nick", "watcher", "--json", "--history", "5",
+                 "--count", "4", "--timeout", "30", broker=broker)
+    first = json.loads(tail.expect(r"first words").string)
+    assert first["type"] == "chat" and first["from"] == "alice" and first["history"] is True
+    assert {"type", "room", "seq", "from", "text", "ts"} <= first.keys()
+    assert zmeet("say", "lobby", "héllo wörld ✓", "--nick", "alice", broker=broker).wait() == 0
+    assert tail.wait() == 0
+    events = [json.loads(line) for line in tail.stdout]
+    assert [e["type"] for e in events] == ["chat", "join", "chat", "leave"]
+    assert events[2]["text"] == "héllo wörld ✓"
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+def test_tail_times_out_without_enough_events(broker):
+    tail = zmeet("tail", "quiet", "--nick", "watcher", "--count", "1", "--timeout", "0.5",
+                 broker=broker)
+    assert tail.wait() == 1
+    assert "timed out" in "\n".join(tail.stderr)
+
+
+def test_nick_in_use_is_refused_and_holder_keeps_it(broker):
+    holder = zmeet("join", "lobby", "--nick", "alice", "--no-display", stdin=True, broker=broker)
+    holder.expect(r"joined #lobby as alice")
+    refused = zmeet("say", "lobby", "I am alice too", "--nick", "alice", broker=broker)
+    assert refused.wait() == 1
+    assert "in use" in "\n".join(refused.stderr)
+    holder.send("still here")
+    holder.expect(r"<alice> still here")
+    holder.send("/quit")
+    assert holder.wait() == 0
+    assert not any("I am alice too" in line for line in holder.stdout)
+
+
+def test_oversize_message_is_refused_not_truncated(broker):
+    proc = zmeet("say", "lobby", "é" * 2049, "--nick", "alice", broker=broker)  # 4098 bytes
+    assert proc.wait() == 1
+    assert "4096" in "\n".join(proc.stderr)
+    tail = zmeet("tail", "lobby", "--nick", "w", "--json", "--history", "50", "--timeout", "1",
+                 broker=broker)
+    assert tail.wait() == 0
+    assert not [line for line in tail.stdout if '"chat"' in line]
+
+
+def test_invalid_nick_is_refused(broker):
+    proc = zmeet("say", "lobby", "hi", "--nick", "not a nick", broker=broker)
+    assert proc.wait() == 1
+    assert "invalid nick" in "\n".join(proc.stderr)
+
+
+def test_two_people_chat_interactively(broker):
+    alice = zmeet("join", "--nick", "alice", "--no-display", stdin=True, broker=broker)
+    alice.expect(r"joined #lobby as alice")
+    bob = zmeet("join", "--nick", "bob", "--no-display", stdin=True, broker=broker)
+    bob.expect(r"joined #lobby as bob")
+    alice.expect(r"\* bob joined")
+    alice.send("hello bob")
+    bob.expect(r"<alice> hello bob")
+    alice.expect(r"<alice> hello bob")
+    bob.send("!INFO")
+    info = bob.expect(r"^-- #lobby: 2 here").string
+    assert "alice" in info and "1 messages" in info
+    bob.send("/join games")
+    bob.expect(r"joined #games")
+    bob.send("/help")
+    bob.expect(r"/quit")
+    alice.send("!DISCONNECT")
+    assert alice.wait() == 0
+    bob.expect(r"#lobby \* alice left \(quit\)")
+    bob.close_stdin()  # Ctrl-D
+    assert bob.wait() == 0
+    assert sum("hello bob" in line for line in alice.stdout) == 1  # shown once to its sender
+
+
+def test_history_survives_a_broker_restart(tmp_path):
+    data = tmp_path / "data"
+    first, endpoints = start_broker(data)
+    for text in ("one", "two", "three"):
+        assert zmeet("say", "lobby", text, "--nick", "alice", broker=endpoints["control"]).wait() == 0
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    second, endpoints = start_broker(data)
+    try:
+        tail = zmeet("tail", "lobby", "--nick", "bob", "--json", "--history", "50",
+                     "--count", "3", "--timeout", "20", broker=endpoints["control"])
+        assert tail.wait() == 0
+        assert [json.loads(line)["text"] for line in tail.stdout] == ["one", "two", "three"]
+    finally:
+        second.stop()
+
+
+def test_a_killed_client_is_announced_gone(broker):
+    assert zmeet("say", "lobby", "marker", "--nick", "alice", broker=broker).wait() == 0
+    watcher = zmeet("tail", "lobby", "--nick", "watcher", "--json", "--history", "1",
+                    "--timeout", "60", broker=broker)
+    watcher.expect(r"marker")  # printed after JOINED: the watcher is in the room
+    victim = zmeet("join", "--nick", "victim", "--no-display", stdin=True, broker=broker)
+    victim.expect(r"joined #lobby as victim")
+    watcher.expect(r'"type": "join".*"from": "victim"')
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+    gone = json.loads(watcher.expect(r'"type": "gone"', timeout_s=15).string)
+    assert gone["from"] == "victim"
+    watcher.signal(signal.SIGINT)
+    assert watcher.wait() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_broker_stops_cleanly_on_signals(tmp_path, sig):
+    proc, _ = start_broker(tmp_path / "data")
+    proc.signal(sig)
+    assert proc.wait() == 0
+    assert "broker stopped" in "\n".join(proc.stderr)
+
+
+def test_join_leaves_by_itself_after_duration(broker):
+    proc = zmeet("join", "room-1", "--nick", "timed", "--no-display", "--duration", "0.5",
+                 broker=broker)
+    assert proc.wait() == 0
+    assert any("joined #room-1" in line for line in proc.stdout)
