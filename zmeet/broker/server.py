@@ -130,6 +130,17 @@ class ClientSession:
     replies: OrderedDict[int, list[bytes]] = field(default_factory=OrderedDict)
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def _send(sock: zmq.Socket, frames: list) -> None:
+    """``send_multipart(frames, NOBLOCK)`` without pyzmq's per-frame flag arithmetic."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _NOBLOCK_SNDMORE if i < last else _NOBLOCK, copy=True)
+
+
 class Broker:
     """A zmeet broker. :meth:`start` binds and spawns; :meth:`stop` stops; endpoints are in
     :attr:`endpoints` after :meth:`start` (wildcard ports resolved).
@@ -147,6 +158,9 @@ class Broker:
         self._by_token: dict[bytes, ClientSession] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
+        self._batching = False
+        self._pending_events: list[p.RoomEvent] = []
+        self._pending_out: list[tuple[bytes, list[bytes], bool, int]] = []
         self._stopped = gevent.event.Event()
         self.store: Store | None = None
         self.rooms: Rooms | None = None
@@ -237,14 +251,45 @@ class Broker:
     def _control_loop(self) -> None:
         green, raw = self._control, self._control_raw
         while True:
-            self._on_control(green.recv_multipart())
-            for _ in range(DRAIN_BATCH):
-                try:
-                    frames = raw.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._on_control(frames)
+            first = green.recv_multipart()
+            self._batching = True
+            try:
+                self._on_control(first)
+                for _ in range(DRAIN_BATCH):
+                    try:
+                        frames = raw.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_control(frames)
+            finally:
+                self._batching = False
+                self._flush()
             gevent.sleep(0)
+
+    def _flush(self) -> None:
+        """Group commit: store the batch's events in one transaction, then publish them, then
+        send the replies held back meanwhile (docs/architecture.md, "Group commit")."""
+        events, self._pending_events = self._pending_events, []
+        out, self._pending_out = self._pending_out, []
+        stored = True
+        if events:
+            assert self.store is not None
+            try:
+                self.store.append(events)
+            except Exception:
+                log.exception("could not store %d events: not published", len(events))
+                stored = False
+            else:
+                for event in events:
+                    _send(self._events_raw, p.encode_published(event))
+        for routing_id, frames, needs_store, req_id in out:
+            if needs_store and not stored:
+                frames = p.encode(p.Error(req_id=req_id, code=p.ErrorCode.INTERNAL_ERROR,
+                                          reason="the broker could not store this"))
+            try:
+                _send(self._control_raw, [routing_id, *frames])
+            except zmq.Again:  # the client's queue is full: it is not reading
+                log.warning("reply to %s dropped: its queue is full", routing_id.hex())
 
     def _on_control(self, frames: list[bytes]) -> None:
         routing_id, body = frames[0], frames[1:]
@@ -265,7 +310,7 @@ class Broker:
             session.last_seen = time.monotonic()
             cached = session.replies.get(request.req_id)
             if cached is not None and not isinstance(request, p.Ping):
-                self._control_raw.send_multipart([routing_id, *cached], zmq.NOBLOCK)
+                self._pending_out.append((routing_id, cached, False, request.req_id))
                 return
         try:
             reply = self._dispatch(routing_id, session, request)
@@ -277,19 +322,18 @@ class Broker:
             reply = p.Error(
                 req_id=request.req_id, code=p.ErrorCode.INTERNAL_ERROR, reason="internal error"
             )
-        frames_out = self._reply(routing_id, reply)
+        frames_out = self._reply(routing_id, reply, needs_store=self._pending_events != [])
         session = self.sessions.get(routing_id)
         if session is not None and not isinstance(request, p.Ping):
             session.replies[request.req_id] = frames_out
             if len(session.replies) > REPLY_CACHE_SIZE:
                 session.replies.popitem(last=False)
 
-    def _reply(self, routing_id: bytes, reply: p.Reply) -> list[bytes]:
+    def _reply(self, routing_id: bytes, reply: p.Reply, needs_store: bool = False) -> list[bytes]:
         frames = p.encode(reply)
-        try:
-            self._control_raw.send_multipart([routing_id, *frames], zmq.NOBLOCK)
-        except zmq.Again:  # the client's queue is full: it is not reading
-            log.warning("reply to %s dropped: its queue is full", routing_id.hex())
+        self._pending_out.append((routing_id, frames, needs_store, reply.req_id))
+        if not self._batching:
+            self._flush()
         return frames
 
     def _dispatch(
@@ -310,6 +354,8 @@ class Broker:
             log.debug("chat %s#%d from %s", req.room, event.seq, nick)
             return p.Posted(req_id=req.req_id, room=req.room, seq=event.seq, id=event.id,
                             ts_ms=event.ts_ms)
+        if isinstance(req, p.Join | p.History | p.Info):
+            self._flush()  # what the store returns must include this batch's events
         if isinstance(req, p.Join):
             count = self.config.history if req.history < 0 else req.history
             if count > MAX_HISTORY:
@@ -398,17 +444,15 @@ class Broker:
         log.info("%s %s (%s)", session.nick, "gone" if type_ == "gone" else "disconnected", reason)
 
     def _publish_events(self, events: list[p.RoomEvent]) -> None:
-        """Store, then publish (the Clone pattern: nothing is published that was not stored)."""
-        assert self.store is not None
-        self.store.append(events)
-        for event in events:
-            self._publish(p.encode_published(event))
+        """Store, then publish (the Clone pattern: nothing is published that was not stored).
+
+        Inside a batch of the control loop the events wait for the batch's one commit."""
+        self._pending_events.extend(events)
+        if not self._batching:
+            self._flush()
 
     def _publish(self, frames: list[bytes]) -> None:
-        try:
-            self._events_raw.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:  # PUB never raises Again; kept for safety under odd transports
-            pass
+        _send(self._events_raw, frames)
 
     # heartbeats -------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Latency and throughput of zmeet's lanes, each beside a baseline measured in the same run."""
