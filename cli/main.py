@@ -26,7 +26,7 @@ from zmeet.errors import ZmeetError
 from zmeet.protocol import RoomEvent
 from zmeet.protocol.limits import DEFAULT_HISTORY, DEFAULT_ROOM, HEARTBEAT_INTERVAL_MS
 
-from .render import event_json, event_line
+from .render import event_json, event_line, safe
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 
@@ -307,7 +307,7 @@ class ChatTerminal:
         elif command in ("/who", "!info", "/info"):
             info = self.session.info(rest or self.current)
             self.out(f"-- #{info.room}: {len(info.members)} here: {', '.join(info.members)}; "
-                     f"topic: {info.topic or '(none)'}; {info.message_count} messages")
+                     f"topic: {safe(info.topic) or '(none)'}; {info.message_count} messages")
         elif command == "/join":
             if not rest:
                 self.out("-- usage: /join ROOM")
@@ -315,7 +315,7 @@ class ChatTerminal:
             joined = self.session.join(rest)
             self.current = joined.room
             self.out(f"-- joined #{joined.room} ({len(joined.members)} here: "
-                     f"{', '.join(joined.members)})" + (f"; topic: {joined.topic}" if joined.topic else ""))
+                     f"{', '.join(joined.members)})" + (f"; topic: {safe(joined.topic)}" if joined.topic else ""))
         elif command == "/leave":
             room = rest or self.current
             self.session.leave(room)
@@ -386,7 +386,7 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
     try:
         joined = session.join(room, history=history)
         term.out(f"-- joined #{joined.room} as {nick} ({len(joined.members)} here: "
-                 f"{', '.join(joined.members)})" + (f"; topic: {joined.topic}" if joined.topic else "")
+                 f"{', '.join(joined.members)})" + (f"; topic: {safe(joined.topic)}" if joined.topic else "")
                  + "; /help for commands")
         display = not no_display and _has_display()
         wants_media = video or video_file or screen or display or record_dir

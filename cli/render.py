@@ -10,6 +10,19 @@ from zmeet.client import Notice
 from zmeet.protocol import RoomEvent
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
+_CONTROL[0x09] = " "
+_CONTROL[0x0A] = " \u21b5 "  # a newline shows as a return arrow: no line can pose as another
+for _c in (0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069):
+    _CONTROL[_c] = f"\\u{_c:04x}"  # bidirectional overrides ("Trojan Source", CVE-2021-42574)
+
+
+def safe(text: str) -> str:
+    """``text`` with terminal control characters (escape sequences, carriage returns, bidi
+    overrides) made visible, so that a peer cannot fake lines or colours on our terminal."""
+    return text.translate(_CONTROL)
+
+
 def event_dict(event: RoomEvent, *, history: bool = False) -> dict:
     """The JSON object of a room event: ``type``, ``room``, ``seq``, ``id``, ``from``, ``text``,
     ``ts`` (ISO 8601, UTC, milliseconds), ``ts_ms`` (ms since the Unix epoch), ``history``."""
@@ -37,19 +50,20 @@ def event_json(event: RoomEvent | Notice, *, history: bool = False) -> str:
 def event_line(event: RoomEvent | Notice, *, show_room: bool = True) -> str:
     """One line for people: ``[12:34:56] #lobby <alice> hello``."""
     if isinstance(event, Notice):
-        return f"-- {event.text}"
+        return f"-- {safe(event.text)}"
     clock = time.strftime("%H:%M:%S", time.localtime(event.ts_ms / 1000))
     where = f"#{event.room} " if show_room else ""
-    who = event.sender
+    who = event.sender  # a nick is [A-Za-z0-9_-]: nothing to escape
+    text = safe(event.text)
     if event.type == "chat":
-        return f"[{clock}] {where}<{who}> {event.text}"
+        return f"[{clock}] {where}<{who}> {text}"
     if event.type == "join":
         return f"[{clock}] {where}* {who} joined"
     if event.type == "leave":
-        reason = f" ({event.text})" if event.text else ""
+        reason = f" ({text})" if text else ""
         return f"[{clock}] {where}* {who} left{reason}"
     if event.type == "gone":
-        return f"[{clock}] {where}* {who} is gone ({event.text or 'no heartbeat'})"
+        return f"[{clock}] {where}* {who} is gone ({text or 'no heartbeat'})"
     if event.type == "topic":
-        return f"[{clock}] {where}* {who} set the room topic: {event.text}"
-    return f"[{clock}] {where}* {who} {event.type} {event.text}"
+        return f"[{clock}] {where}* {who} set the room topic: {text}"
+    return f"[{clock}] {where}* {who} {event.type} {text}"

@@ -42,6 +42,8 @@ from ..protocol.limits import (
     MAX_HISTORY,
     MAX_MEDIA_FRAME_BYTES,
     MAX_MEDIA_META_BYTES,
+    MAX_NICK_LENGTH,
+    MAX_ROOM_LENGTH,
     MAX_REQUEST_BYTES,
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
@@ -57,6 +59,12 @@ DRAIN_BATCH = 256
 
 REPLY_CACHE_SIZE = 64
 """Replies remembered per session, so a retried ``req_id`` gets its first reply."""
+
+MEDIA_IN_HWM = 64
+"""Media messages queued from all senders before the broker's media ROUTER drops."""
+
+MEDIA_META_STAMP_RESERVE = 64
+"""Octets of MAX_MEDIA_META_BYTES kept free for the sender nick the broker stamps in."""
 
 MEDIA_OUT_HWM = 16
 """Media messages queued per subscriber before PUB drops (newest-frame-wins, not a backlog)."""
@@ -158,6 +166,7 @@ class Broker:
         self._by_token: dict[bytes, ClientSession] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
+        self.crashed = False
         self._batching = False
         self._pending_events: list[p.RoomEvent] = []
         self._pending_out: list[tuple[bytes, list[bytes], bool, int]] = []
@@ -181,7 +190,7 @@ class Broker:
         self._media_in = ctx.socket(zmq.ROUTER)
         self._media_in.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._media_in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
-        self._media_in.setsockopt(zmq.RCVHWM, 64)
+        self._media_in.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
         self._media_out = ctx.socket(zmq.PUB)
         self._media_out.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
         sockets = {
@@ -209,6 +218,8 @@ class Broker:
             gevent.spawn(self._media_loop),
             gevent.spawn(self._heartbeat_loop),
         ]
+        for greenlet in self._greenlets:
+            greenlet.link_exception(self._on_loop_crash)
         log.info(
             "broker epoch %s: control %s, events %s, media in %s, media out %s, data %s",
             self.epoch,
@@ -233,6 +244,12 @@ class Broker:
             log.info("broker stopped")
         finally:
             self._stopped.set()
+
+    def _on_loop_crash(self, greenlet: gevent.Greenlet) -> None:
+        """A loop died of a bug: stop the whole broker loudly rather than serve half a lane."""
+        log.critical("broker loop crashed: %r; stopping", greenlet.exception)
+        self.crashed = True
+        gevent.spawn(self.stop)
 
     def serve_forever(self) -> None:
         """Start if needed and block the calling greenlet until :meth:`stop`."""
@@ -286,10 +303,11 @@ class Broker:
             if needs_store and not stored:
                 frames = p.encode(p.Error(req_id=req_id, code=p.ErrorCode.INTERNAL_ERROR,
                                           reason="the broker could not store this"))
-            try:
-                _send(self._control_raw, [routing_id, *frames])
-            except zmq.Again:  # the client's queue is full: it is not reading
-                log.warning("reply to %s dropped: its queue is full", routing_id.hex())
+                session = self.sessions.get(routing_id)
+                if session is not None:  # a retry must not get the reply of what failed
+                    session.replies.pop(req_id, None)
+            # a ROUTER drops what it cannot route (peer gone, queue full): never raises here
+            _send(self._control_raw, [routing_id, *frames])
 
     def _on_control(self, frames: list[bytes]) -> None:
         routing_id, body = frames[0], frames[1:]
@@ -298,7 +316,9 @@ class Broker:
             request = p.decode(body, max_body_bytes=MAX_REQUEST_BYTES)
             if not isinstance(request, p.Request):
                 raise p.RemoteProtocolError(
-                    f"{request.COMMAND.decode()} is not a request", code=p.ErrorCode.BAD_REQUEST
+                    f"{request.COMMAND.decode()} is not a request",
+                    code=p.ErrorCode.BAD_REQUEST,
+                    req_id=getattr(request, "req_id", 0),
                 )
         except p.RemoteProtocolError as exc:
             self.stats["errors"] += 1
@@ -312,6 +332,7 @@ class Broker:
             if cached is not None and not isinstance(request, p.Ping):
                 self._pending_out.append((routing_id, cached, False, request.req_id))
                 return
+        events_before = len(self._pending_events)
         try:
             reply = self._dispatch(routing_id, session, request)
         except ChatError as exc:
@@ -322,7 +343,8 @@ class Broker:
             reply = p.Error(
                 req_id=request.req_id, code=p.ErrorCode.INTERNAL_ERROR, reason="internal error"
             )
-        frames_out = self._reply(routing_id, reply, needs_store=self._pending_events != [])
+        made_events = len(self._pending_events) > events_before
+        frames_out = self._reply(routing_id, reply, needs_store=made_events)
         session = self.sessions.get(routing_id)
         if session is not None and not isinstance(request, p.Ping):
             session.replies[request.req_id] = frames_out
@@ -381,12 +403,14 @@ class Broker:
             rooms.room(req.room)  # validates the name
             if not rooms.is_member(req.room, nick):
                 raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
-            if not 0 <= req.limit <= MAX_HISTORY or req.after_seq < 0:
+            if req.after_seq < 0:
+                raise ChatError(p.ErrorCode.BAD_REQUEST, "after_seq must be 0 or more")
+            if not 0 <= req.limit <= MAX_HISTORY:
                 raise ChatError(p.ErrorCode.TOO_MANY, f"limit must be 0 to {MAX_HISTORY}")
             return p.Events(req_id=req.req_id, room=req.room,
                             events=tuple(self.store.after(req.room, req.after_seq, req.limit)))
         if isinstance(req, p.Info):
-            room = rooms.room(req.room)
+            room = rooms.peek(req.room)
             return p.RoomInfo(req_id=req.req_id, room=room.name, topic=room.topic,
                               members=tuple(room.members),
                               message_count=self.store.chat_count(room.name),
@@ -403,11 +427,19 @@ class Broker:
         rooms = self.rooms
         assert rooms is not None
         if session is not None and session.nick != req.nick:
+            holder = rooms.holder(req.nick)
+            if holder is not None and holder != routing_id:  # keep the old session on refusal
+                raise ChatError(p.ErrorCode.NICK_IN_USE, f"nick {req.nick!r} is in use")
+            from ..chat.rooms import check_nick
+
+            check_nick(req.nick)
             self._end_session(session, "leave", "new nick")
             session = None
         rooms.claim_nick(req.nick, routing_id)  # raises NICK_IN_USE, INVALID_NAME
         if session is None:
-            session = ClientSession(routing_id, req.nick, secrets.token_bytes(16), time.monotonic())
+            session = ClientSession(
+                routing_id, req.nick, b"m" + secrets.token_bytes(15), time.monotonic()
+            )
             self.sessions[routing_id] = session
             self._by_token[session.media_token] = session
             log.info("%s connected (%s)", req.nick, req.client or "unknown client")
@@ -428,6 +460,10 @@ class Broker:
             "max_room_topic_bytes": MAX_ROOM_TOPIC_BYTES,
             "max_request_bytes": MAX_REQUEST_BYTES,
             "max_media_frame_bytes": MAX_MEDIA_FRAME_BYTES,
+            "max_media_meta_bytes": MAX_MEDIA_META_BYTES - MEDIA_META_STAMP_RESERVE,
+            "max_control_frame_bytes": MAX_CONTROL_FRAME_BYTES,
+            "max_nick_length": MAX_NICK_LENGTH,
+            "max_room_length": MAX_ROOM_LENGTH,
             "max_history": MAX_HISTORY,
             "history_default": self.config.history,
             "max_rooms": MAX_ROOMS_PER_SESSION,
@@ -500,19 +536,21 @@ class Broker:
             log.debug("media from %s dropped: %s", session.nick, exc.reason)
             return
         assert self.rooms is not None
-        if not isinstance(frame, p.MediaFrame) or not self.rooms.is_member(frame.room, session.nick):
+        if (
+            not isinstance(frame, p.MediaFrame)
+            or len(frames[3]) > MAX_MEDIA_META_BYTES - MEDIA_META_STAMP_RESERVE
+            or not self.rooms.is_member(frame.room, session.nick)
+        ):
             self.stats["media_dropped"] += 1
             return
         session.last_seen = time.monotonic()
         stamped = dataclasses.replace(frame, sender=session.nick, payload=b"")
         header, command, meta, _ = p.encode(stamped)
         topic = p.media_topic(frame.room, session.nick, frame.kind)
-        try:
-            self._media_out_raw.send_multipart(
-                [topic, header, command, meta, frames[4]], zmq.NOBLOCK, copy=False
-            )
-        except zmq.Again:
-            self.stats["media_dropped"] += 1
+        # PUB never blocks: past a subscriber's SNDHWM it drops (counted by no one)
+        self._media_out_raw.send_multipart(
+            [topic, header, command, meta, frames[4]], zmq.NOBLOCK, copy=False
+        )
 
 
-__all__ = ["Broker", "BrokerConfig", "derive_endpoints", "default_data_dir", "HEADER"]
+__all__ = ["Broker", "BrokerConfig", "default_data_dir", "derive_endpoints"]

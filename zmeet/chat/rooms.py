@@ -132,6 +132,16 @@ class Rooms:
             room = self._rooms[name] = Room(name, last_seq, topic)
         return room
 
+    def peek(self, name: str) -> Room:
+        """Room ``name`` as it is, without keeping a room that nobody uses in memory.
+        Raises INVALID_NAME."""
+        check_room(name)
+        room = self._rooms.get(name)
+        if room is None:
+            last_seq, topic = self._load_room(name)
+            room = Room(name, last_seq, topic)
+        return room
+
     def rooms_of(self, nick: str) -> frozenset[str]:
         """The rooms ``nick`` is in."""
         return frozenset(self._joined.get(nick, ()))

@@ -91,6 +91,9 @@ class Session:
         self.events: gevent.queue.Queue = gevent.queue.Queue()
         """Ordered :class:`~zmeet.protocol.RoomEvent` and :class:`Notice` items."""
         self.welcome: p.Welcome | None = None
+        self.welcome_listeners: list = []
+        """Callables given each WELCOME, the first and those after a reconnect (the media lane
+        takes its new ``media_token`` from them)."""
         self.endpoints: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, gevent.event.AsyncResult] = {}
@@ -130,8 +133,20 @@ class Session:
     def _hello(self) -> p.Welcome:
         welcome = self.request(p.Hello, nick=self.nick, client=self.client_name)
         assert isinstance(welcome, p.Welcome)
+        version = welcome.limits.get("protocol_version", p.PROTOCOL_VERSION)
+        if version != p.PROTOCOL_VERSION:
+            raise RequestRefused(
+                p.ErrorCode.VERSION_MISMATCH,
+                f"the broker speaks protocol version {version}, this client {p.PROTOCOL_VERSION}",
+            )
+        old_events = self.endpoints.get("events")
         self.welcome = welcome
         self.endpoints = {k: resolve_endpoint(v, self.broker) for k, v in welcome.endpoints.items()}
+        if self._sub is not None and old_events and self.endpoints["events"] != old_events:
+            self._sub.disconnect(old_events)  # a broker restarted on other ports
+            self._sub.connect(self.endpoints["events"])
+        for listener in list(self.welcome_listeners):
+            listener(welcome)
         return welcome
 
     def close(self, bye: bool = True) -> None:
@@ -198,6 +213,11 @@ class Session:
     def join(self, room: str, history: int = -1) -> p.Joined:
         """Subscribe to ``room``, JOIN it, and queue its history (chat messages, oldest first)
         on :attr:`events`, followed by live events in order."""
+        cursor = self._rooms.get(room)
+        if cursor is not None and cursor.last_seq is not None:  # already in: nothing to redo
+            joined = self.request(p.Join, room=room, history=0)
+            assert isinstance(joined, p.Joined)
+            return joined
         cursor = self._rooms.setdefault(room, _RoomCursor())
         if self._sub is not None:
             self._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(room))
@@ -253,7 +273,13 @@ class Session:
             except p.RemoteProtocolError as exc:
                 log.warning("bad reply from the broker: %s", exc.reason)
                 continue
-            waiter = self._pending.get(getattr(reply, "req_id", -1))
+            req_id = getattr(reply, "req_id", -1)
+            if req_id == 0 and isinstance(reply, p.Error):
+                # the broker could not read which request this answers: fail them all
+                for waiter in list(self._pending.values()):
+                    waiter.set(reply)
+                continue
+            waiter = self._pending.get(req_id)
             if waiter is not None:
                 waiter.set(reply)
 
@@ -310,6 +336,7 @@ class Session:
             missing = self.history(room, cursor.last_seq, min(MAX_HISTORY, upto_seq - cursor.last_seq - 1))
         except (BrokerUnavailable, RequestRefused) as exc:
             log.warning("could not fill the gap in %s before seq %d: %s", room, upto_seq, exc)
+            self.events.put(Notice("gap", f"#{room}: some events could not be fetched ({exc})"))
             return
         for event in missing:
             if event.seq > cursor.last_seq and event.seq < upto_seq:
@@ -352,10 +379,22 @@ class Session:
             try:
                 self._hello()
                 for room, cursor in list(self._rooms.items()):
-                    last = cursor.last_seq or 0
-                    self.request(p.Join, room=room, history=0)
+                    if cursor.last_seq is None:
+                        continue  # its JOIN is still waiting for JOINED: that one will do
+                    try:
+                        joined = self.request(p.Join, room=room, history=0)
+                    except RequestRefused as exc:
+                        self._forget(room)
+                        self.events.put(Notice("left", f"#{room}: could not rejoin ({exc})"))
+                        continue
+                    assert isinstance(joined, p.Joined)
+                    if joined.last_seq < cursor.last_seq:
+                        # the broker came back without this room's history: start over
+                        cursor.last_seq = max(0, joined.last_seq - 1)
+                        self.events.put(
+                            Notice("history-lost", f"#{room}: the broker lost earlier history")
+                        )
                     self._fill_gap(room, cursor, 2**62)
-                    cursor.last_seq = max(cursor.last_seq or 0, last)
                 self._last_heartbeat = time.monotonic()
                 self.events.put(Notice("reconnected", "reconnected to the broker"))
                 return

@@ -15,6 +15,7 @@ off before they call :func:`decode`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +39,8 @@ Buffer = bytes | bytearray | memoryview
 _WIRE_NAMES = {"sender": "from"}
 _BY_COMMAND: dict[bytes, type[m.Message]] = {cls.COMMAND: cls for cls in m.ALL_MESSAGES}
 _MAX_BODY_BYTES = 64 * 1024 * 1024  # a reply of MAX_HISTORY events of MAX_TEXT_BYTES fits
-_ENUMS = {("RoomEvent", "type"): m.ROOM_EVENT_TYPES, ("MediaFrame", "kind"): m.MEDIA_KINDS}
+_ENUMS = {("MediaFrame", "kind"): m.MEDIA_KINDS}
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}")  # open set: new types must not break old clients
 
 HEARTBEAT_TOPIC = b"broker/heartbeat"
 
@@ -182,6 +184,8 @@ def _from_wire(cls: type[m.Message], body: Any, req_id: int = 0) -> m.Message:
                 _fail(f"{f.wire!r} is out of range", req_id)
             if kind == "float":
                 value = float(value)
+        if cls is m.RoomEvent and f.name == "type" and not _EVENT_TYPE.fullmatch(value):
+            _fail("'type' must be 1 to 32 of [a-z0-9-], starting with a letter", req_id)
         allowed = _ENUMS.get((cls.__name__, f.name))
         if allowed is not None and value not in allowed:
             _fail(f"{f.wire!r} must be one of {', '.join(allowed)}", req_id)
@@ -197,6 +201,21 @@ def _from_wire(cls: type[m.Message], body: Any, req_id: int = 0) -> m.Message:
         _fail(f"{cls.COMMAND.decode()}: {exc}", req_id)
 
 
+def _peek_req_id(body: bytes) -> int:
+    """The ``req_id`` of a body that is otherwise refused, so that the ERROR can name it; 0
+    when it cannot be read (msgpack writes map keys in order: ``req_id`` comes first)."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(body) + 1)
+        unpacker.feed(body)
+        size = unpacker.read_map_header()
+        if size < 1 or unpacker.unpack() != "req_id":
+            return 0
+        value = unpacker.unpack()
+    except Exception:  # any malformed body: nothing to name
+        return 0
+    return value if type(value) is int and 0 < value <= MAX_REQ_ID else 0
+
+
 # --- public API -----------------------------------------------------------------------------
 
 
@@ -204,11 +223,16 @@ def encode(message: m.Message) -> list[bytes]:
     """Frames of ``message`` without a topic: ``[header, command, body]``, plus ``payload``
     for a :class:`~zmeet.protocol.messages.MediaFrame`.
 
-    Raises :class:`LocalProtocolError` if ``message`` is not a zmeet message.
+    Raises :class:`LocalProtocolError` if ``message`` is not a zmeet message or a field cannot
+    be encoded (a str with lone surrogates, an int out of 64-bit range, a wrong type).
     """
     if type(message) not in _SPECS:
         raise LocalProtocolError(f"not a zmeet message: {message!r}")
-    frames = [HEADER, message.COMMAND, msgpack.packb(_to_wire(message), use_bin_type=True)]
+    try:
+        body = msgpack.packb(_to_wire(message), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+        raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
+    frames = [HEADER, message.COMMAND, body]
     if isinstance(message, m.MediaFrame):
         frames.append(message.payload)
     return frames
@@ -245,16 +269,21 @@ def decode(frames: Sequence[Buffer], *, max_body_bytes: int = _MAX_BODY_BYTES) -
     if header[-1] != PROTOCOL_VERSION:
         _fail(
             f"protocol version {header[-1]} is not supported (this side speaks {PROTOCOL_VERSION})",
+            _peek_req_id(body),
             code=ErrorCode.VERSION_MISMATCH,
         )
     cls = _BY_COMMAND.get(command)
     if cls is None:
         shown = command[:32].decode("ascii", "replace")
-        _fail(f"unknown command {shown!r}", code=ErrorCode.UNKNOWN_COMMAND)
+        _fail(f"unknown command {shown!r}", _peek_req_id(body), code=ErrorCode.UNKNOWN_COMMAND)
     is_media = cls is m.MediaFrame
     limit = MAX_MEDIA_META_BYTES if is_media else max_body_bytes
     if len(body) > limit:
-        _fail(f"body of {len(body)} bytes is over the limit of {limit}", code=ErrorCode.MESSAGE_TOO_LARGE)
+        _fail(
+            f"body of {len(body)} bytes is over the limit of {limit}",
+            _peek_req_id(body[:4096]),
+            code=ErrorCode.MESSAGE_TOO_LARGE,
+        )
     if n != (4 if is_media else 3):
         _fail(f"{command.decode()} has {n} frames, expected {4 if is_media else 3}")
     try:

@@ -18,11 +18,11 @@ HEADER = SIGNATURE + bytes([PROTOCOL_VERSION])
 """The header frame of every message this side sends: ``"ZMEET" %x01``."""
 
 MAX_NICK_LENGTH = 32
-NICK_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+NICK_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NICK_LENGTH}}}")
 """A nick: 1 to 32 ASCII letters, digits, ``_`` or ``-``."""
 
 MAX_ROOM_LENGTH = 64
-ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ROOM_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ROOM_LENGTH}}}")
 """A room name: 1 to 64 ASCII letters, digits, ``_`` or ``-`` (never ``/``: it ends a PUB topic)."""
 
 DEFAULT_ROOM = "lobby"

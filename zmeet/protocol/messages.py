@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 ROOM_EVENT_TYPES = ("chat", "join", "leave", "gone", "topic")
-"""``RoomEvent.type`` values: chat message, member joined, member left, member's heartbeats
-stopped (or it was replaced), room topic changed."""
+"""``RoomEvent.type`` values this version sends: chat message, member joined, member left,
+member's heartbeats stopped, room topic changed. A receiver accepts any other short type too
+(forward compatibility) and shows it generically."""
 
 MEDIA_KINDS = ("video", "screen", "audio")
 """``MediaFrame.kind`` values."""
