@@ -104,6 +104,7 @@ class Session:
         self._last_heartbeat = time.monotonic()
         self._closed = False
         self._recovering = False
+        self._lost = False
 
     # connection -------------------------------------------------------------------------------
 
@@ -331,17 +332,23 @@ class Session:
                 self._fill_gap(room, cursor, 2**62)
 
     def _fill_gap(self, room: str, cursor: _RoomCursor, upto_seq: int) -> None:
+        """Deliver ``room``'s stored events between ``cursor.last_seq`` and ``upto_seq``
+        (exclusive), asking HISTORY as often as one reply of MAX_HISTORY events needs."""
         assert cursor.last_seq is not None
-        try:
-            missing = self.history(room, cursor.last_seq, min(MAX_HISTORY, upto_seq - cursor.last_seq - 1))
-        except (BrokerUnavailable, RequestRefused) as exc:
-            log.warning("could not fill the gap in %s before seq %d: %s", room, upto_seq, exc)
-            self.events.put(Notice("gap", f"#{room}: some events could not be fetched ({exc})"))
-            return
-        for event in missing:
-            if event.seq > cursor.last_seq and event.seq < upto_seq:
-                cursor.last_seq = event.seq
-                self.events.put(event)
+        while cursor.last_seq < upto_seq - 1:
+            start = cursor.last_seq
+            try:
+                missing = self.history(room, start, min(MAX_HISTORY, upto_seq - start - 1))
+            except (BrokerUnavailable, RequestRefused) as exc:
+                log.warning("could not fill the gap in %s before seq %d: %s", room, upto_seq, exc)
+                self.events.put(Notice("gap", f"#{room}: some events could not be fetched ({exc})"))
+                return
+            for event in missing:
+                if cursor.last_seq < event.seq < upto_seq:
+                    cursor.last_seq = event.seq
+                    self.events.put(event)
+            if len(missing) < MAX_HISTORY or cursor.last_seq == start:
+                return  # the store has no more (or gave nothing new)
 
     def _heartbeat_loop(self) -> None:
         while True:
@@ -363,10 +370,11 @@ class Session:
 
     def _recover(self, kind: str, text: str) -> None:
         """Say HELLO again and rejoin every room, filling what was missed from history."""
-        if self._recovering:
+        if self._recovering or self._lost:
             return
         self.events.put(Notice(kind, text))
         if not self.reconnect or self._closed:
+            self._lost = True  # said once; a session that does not reconnect stays lost
             return
         self._recovering = True
         try:
