@@ -260,6 +260,7 @@ class ChatTerminal:
         self.session = session
         self.current = room
         self.stop = stop
+        self.meeting = None  # zmeet.client.media.Meeting, when media runs
 
     def out(self, line: str) -> None:
         click.echo(line)
@@ -270,6 +271,14 @@ class ChatTerminal:
             event = self.session.events.get()
             multi = len(tuple(self.session.rooms)) > 1
             self.out(event_line(event, show_room=multi))
+            meeting = self.meeting
+            if (
+                meeting is not None and meeting.viewer is not None
+                and isinstance(event, RoomEvent) and event.room == meeting.room
+                and event.type in ("leave", "gone")
+            ):
+                for kind in ("video", "screen"):  # their tiles go with them
+                    meeting.viewer.remove(event.sender, kind)
 
     def read_input(self, keep_running_on_eof: bool) -> None:
         fd = sys.stdin.fileno()
@@ -400,6 +409,7 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
                 max_width=max_width, fps=fps, display=display, record_dir=record_dir,
             )
             meeting.start()
+            term.meeting = meeting
         greenlets.append(gevent.spawn(term.pump_events))
         greenlets.append(gevent.spawn(term.read_input, duration_s is not None))
         stop.wait(timeout=duration_s)

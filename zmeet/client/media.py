@@ -1,0 +1,722 @@
+"""The client's media lane (DESIGN.md, "The lanes"): publish captured frames, receive a room's.
+
+Sockets, driven by gevent and ``zmq.green`` (docs/protocol.md, "Media lane"):
+
+- :class:`MediaPublisher`: a DEALER whose routing id is ``Welcome.media_token``, connected to
+  the broker's ``media_in`` ROUTER. It sends ``[header, "FRAME", meta, payload]``; the broker
+  stamps the sender and publishes to the room. Every send is ``NOBLOCK`` with a small
+  ``SNDHWM``: a frame that does not fit is dropped and counted, so no backlog ever builds.
+- :class:`MediaSubscriber`: a SUB on the broker's ``media_out`` PUB, subscribed to
+  ``media/<room>/`` for each room. One greenlet owns it: it waits once on the green socket,
+  then drains the raw socket it shadows with ``NOBLOCK``.
+
+Newest frame wins: from each drained batch, the viewer gets only the newest frame of each
+``(sender, kind)``, and its window thread only the newest of those it has not shown yet; the
+frames it never showed are counted as superseded, and gaps in ``seq`` as lost. The recorder
+gets every frame received, through a bounded queue (a full queue drops and counts).
+
+Blocking work never runs on the hub: capture and JPEG encoding in each source's own thread,
+JPEG decoding in the viewer's window thread and the recorder's thread.
+
+:class:`Meeting` puts it together for ``zmeet join ROOM --video/--video-file/--screen``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.queue
+import zmq
+import zmq.green as zmq_green
+
+from .. import protocol as p
+from ..devices import CameraSource, CaptureSource, Recorder, ScreenSource, VideoFileSource, Viewer
+from ..devices.jpeg import DEFAULT_MAX_WIDTH, DEFAULT_QUALITY, check_encoding
+from ..errors import DeviceError, LocalProtocolError
+from ..media import FpsMeter, Pacer, SeqTracker
+from ..protocol.limits import MAX_MEDIA_FRAME_BYTES, MAX_MEDIA_META_BYTES
+from .session import Session
+
+log = logging.getLogger("zmeet.media")
+
+PUBLISH_SNDHWM = 4
+"""Frames a publisher's DEALER queues before a send is dropped (zmq.Again)."""
+
+SUBSCRIBE_RCVHWM = 8
+"""Frames a subscriber's SUB queues before libzmq drops newer ones."""
+
+DRAIN_BATCH = 64
+"""Frames taken per wake-up of the subscriber before it yields to other greenlets."""
+
+RECORD_QUEUE_FRAMES = 32
+"""Received frames waiting for the recorder before new ones are dropped and counted."""
+
+DEFAULT_CAMERA_FPS = 15.0
+"""Camera rate when neither ``fps`` nor the driver gives one."""
+
+DEFAULT_SCREEN_FPS = 10.0
+"""Screen rate when ``fps`` is not given."""
+
+STOP_TIMEOUT_S = 5.0
+"""How long stopping waits for a greenlet (and the recorder to write what it holds)."""
+
+PUBLISHED_KINDS = ("video", "screen")
+"""Kinds this module publishes and shows (audio has its own lane logic)."""
+
+Key = tuple[str, str]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+
+@dataclass
+class PublishedStream:
+    """What a publisher did with one kind: frames ``sent``, ``dropped`` on a full queue
+    (zmq.Again), ``oversize`` (over the broker's limit), ``bytes`` sent, capture and encode
+    time in ms, the pacer's ``skipped`` deadlines, and ``error`` if the source failed."""
+
+    kind: str
+    source: str
+    target_fps: float
+    meter: FpsMeter
+    sent: int = 0
+    dropped: int = 0
+    oversize: int = 0
+    bytes: int = 0
+    capture_ms_total: float = 0.0
+    encode_ms_total: float = 0.0
+    captured: int = 0
+    skipped: int = 0
+    ended: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        n = max(1, self.captured)
+        return {
+            "source": self.source,
+            "target_fps": self.target_fps,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "oversize": self.oversize,
+            "bytes": self.bytes,
+            "fps": round(self.meter.fps(), 2),
+            "mean_fps": round(self.meter.mean_fps(), 2),
+            "capture_ms": round(self.capture_ms_total / n, 3),
+            "encode_ms": round(self.encode_ms_total / n, 3),
+            "skipped": self.skipped,
+            "ended": self.ended,
+            "error": self.error,
+        }
+
+
+class MediaPublisher:
+    """Sends captured frames of ``room`` to the broker's media lane, one greenlet per source.
+
+    ``session`` must be connected (its WELCOME gives the media token and endpoints) and have
+    joined ``room`` (the broker drops frames for a room the sender is not in). Raises
+    :class:`LocalProtocolError` if the session is not connected.
+    """
+
+    def __init__(self, session: Session, room: str, *, sndhwm: int = PUBLISH_SNDHWM) -> None:
+        welcome = session.welcome
+        if welcome is None or "media_in" not in session.endpoints:
+            raise LocalProtocolError("connect the session before publishing media")
+        if not p.is_valid_room(room):
+            raise ValueError(f"invalid room name {room!r}")
+        self.session = session
+        self.room = room
+        self.max_frame_bytes = welcome.limits.get("max_media_frame_bytes", MAX_MEDIA_FRAME_BYTES)
+        self._sndhwm = sndhwm
+        self._sock: zmq_green.Socket | None = None
+        self._open_socket(welcome.media_token)
+        self._streams: dict[str, PublishedStream] = {}
+        self._greenlets: dict[str, gevent.Greenlet] = {}
+        session.welcome_listeners.append(self._on_welcome)
+
+    def _open_socket(self, media_token: bytes) -> None:
+        sock = self.session.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+        sock.setsockopt(zmq.IDENTITY, media_token)  # the broker knows the sender by it
+        sock.connect(self.session.endpoints["media_in"])
+        self._token = media_token
+        self._sock = sock
+        self._raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
+
+    def _on_welcome(self, welcome: p.Welcome) -> None:
+        """After a reconnect the broker gives a new media token (and maybe new endpoints):
+        open a new DEALER with it. Sending greenlets pick the new socket at their next frame."""
+        if self._sock is None or welcome.media_token == self._token:
+            return
+        old = self._sock
+        self._open_socket(welcome.media_token)
+        old.close(linger=0)
+
+    def publish_source(
+        self,
+        source: CaptureSource,
+        kind: str | None = None,
+        fps: float | None = None,
+        quality: int = DEFAULT_QUALITY,
+        max_width: int = DEFAULT_MAX_WIDTH,
+    ) -> gevent.Greenlet:
+        """Open ``source`` (if it is not) and spawn a greenlet that, every ``1/fps`` s, reads
+        and JPEG-encodes a frame in the source's thread and sends it as a
+        :class:`~zmeet.protocol.MediaFrame` of ``kind`` (default ``source.kind``).
+
+        ``fps`` defaults to the source's ``native_fps`` (a video file's own rate). ``quality``
+        (1 to 100) and ``max_width`` (pixels) are the JPEG settings. The greenlet ends at the
+        end of a file that does not loop, or when the source fails (``stats()`` says why).
+        Returns the greenlet. Raises ValueError for a bad kind, fps, quality or max_width, or
+        a kind already published; :class:`DeviceError` if the source cannot be opened;
+        RuntimeError if the publisher is closed.
+        """
+        if self._sock is None:
+            raise RuntimeError("the publisher is closed")
+        kind = kind or source.kind
+        if kind not in PUBLISHED_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(PUBLISHED_KINDS)}, got {kind!r}")
+        running = self._greenlets.get(kind)
+        if running is not None and not running.dead:
+            raise ValueError(f"{kind} is already being published")
+        check_encoding(quality, max_width)
+        source.open()
+        rate = fps if fps is not None else source.native_fps
+        if rate is None:
+            raise ValueError(f"{source.name} has no frame rate of its own: give fps")
+        pacer = Pacer(rate, time.monotonic)
+        stream = PublishedStream(kind, source.name, pacer.fps, FpsMeter(time.monotonic))
+        self._streams[kind] = stream
+        greenlet = gevent.spawn(self._run, source, stream, pacer, quality, max_width)
+        self._greenlets[kind] = greenlet
+        return greenlet
+
+    def _run(
+        self, source: CaptureSource, stream: PublishedStream, pacer: Pacer, quality: int,
+        max_width: int,
+    ) -> None:
+        seq = 0
+        while True:
+            delay_s = pacer.delay_s()
+            stream.skipped = pacer.skipped
+            if delay_s > 0:
+                gevent.sleep(delay_s)  # pacing: wait for the next capture deadline
+            try:
+                encoded = source.read_jpeg(quality=quality, max_width=max_width)
+            except DeviceError as exc:
+                stream.error = str(exc)
+                log.error("%s stopped: %s", source.name, exc)
+                return
+            if encoded is None:
+                stream.ended = True
+                log.info("%s ended", source.name)
+                return
+            stream.captured += 1
+            stream.capture_ms_total += encoded.capture_ms
+            stream.encode_ms_total += encoded.encode_ms
+            if len(encoded.data) > self.max_frame_bytes:
+                stream.oversize += 1
+                continue
+            frame = p.MediaFrame(
+                room=self.room, kind=stream.kind, seq=seq, capture_ts_us=encoded.capture_ts_us,
+                pts_ms=encoded.pts_ms, width=encoded.width, height=encoded.height,
+                fps=pacer.fps, codec="jpeg", payload=encoded.data,
+            )
+            try:
+                self._raw.send_multipart(p.encode(frame), zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # the queue to the broker is full: drop, never build a backlog
+                stream.dropped += 1
+                continue
+            except zmq.ZMQError as exc:
+                stream.error = f"media socket: {exc}"
+                log.error("%s: cannot send: %s", source.name, exc)
+                return
+            seq += 1
+            stream.sent += 1
+            stream.bytes += len(encoded.data)
+            stream.meter.tick()
+
+    def stop(self) -> None:
+        """Stop every publishing greenlet (the sources stay open; their owner closes them)."""
+        greenlets = list(self._greenlets.values())
+        gevent.killall(greenlets, block=True, timeout=STOP_TIMEOUT_S)
+
+    def close(self) -> None:
+        """:meth:`stop`, then close the socket. Idempotent."""
+        self.stop()
+        if self._on_welcome in self.session.welcome_listeners:
+            self.session.welcome_listeners.remove(self._on_welcome)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close(linger=0)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """JSON-able, per kind: see :class:`PublishedStream`."""
+        return {kind: stream.as_dict() for kind, stream in self._streams.items()}
+
+
+# --- receiving ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Received:
+    meter: FpsMeter
+    superseded: int = 0
+    record_dropped: int = 0
+    record_bad: int = 0
+    last_pts_ms: int = 0
+    last_age_ms: float = 0.0
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class _Drops:
+    own: int = 0
+    foreign_room: int = 0
+    bad: int = 0
+    other_codec: int = 0
+
+
+class MediaSubscriber:
+    """Receives the media frames of ``rooms`` and hands them to consumers.
+
+    For each frame received (and not from ``session.nick`` itself, and in one of ``rooms``):
+    ``on_frame(frame)`` is called on the hub with the :class:`~zmeet.protocol.MediaFrame`
+    (``payload`` a memoryview of the received JPEG; the callback must not block, and an
+    exception it raises is logged); ``recorder``, if given, gets it through a bounded queue;
+    ``viewer``, if given, gets the newest frame of each ``(sender, kind)`` of each drained
+    batch. The subscriber neither starts nor closes the viewer and recorder: their owner does.
+
+    ``session`` must be connected. :meth:`start` opens the socket; :meth:`stop` closes it,
+    after giving the recorder what it already received.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        rooms: Iterable[str],
+        *,
+        on_frame: Callable[[p.MediaFrame], None] | None = None,
+        viewer: Viewer | None = None,
+        recorder: Recorder | None = None,
+        rcvhwm: int = SUBSCRIBE_RCVHWM,
+        record_queue_frames: int = RECORD_QUEUE_FRAMES,
+    ) -> None:
+        if session.welcome is None or "media_out" not in session.endpoints:
+            raise LocalProtocolError("connect the session before receiving media")
+        self.session = session
+        self.rooms: set[str] = set()
+        self._initial_rooms = list(rooms)
+        for room in self._initial_rooms:
+            if not p.is_valid_room(room):
+                raise ValueError(f"invalid room name {room!r}")
+        self.on_frame = on_frame
+        self.viewer = viewer
+        self.recorder = recorder
+        self.rcvhwm = rcvhwm
+        self.seqs: SeqTracker[Key] = SeqTracker()
+        self.first_frame = gevent.event.Event()
+        """Set when the first frame from another participant arrives."""
+        self.drops = _Drops()
+        self._streams: dict[Key, _Received] = {}
+        self._record_queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=record_queue_frames)
+        self._progress = gevent.event.Event()
+        self._sock: zmq_green.Socket | None = None
+        self._recv_greenlet: gevent.Greenlet | None = None
+        self._record_greenlet: gevent.Greenlet | None = None
+        self._stopped = False
+
+    # lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the SUB, subscribe to each room, and start receiving. Idempotent."""
+        if self._sock is not None or self._stopped:
+            return
+        sock = self.session.context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
+        sock.connect(self.session.endpoints["media_out"])
+        self._sock = sock
+        for room in self._initial_rooms:
+            self.subscribe(room)
+        raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
+        self._recv_greenlet = gevent.spawn(self._recv_loop, sock, raw)
+        if self.recorder is not None:
+            self._record_greenlet = gevent.spawn(self._record_loop, self.recorder)
+
+    def subscribe(self, room: str) -> None:
+        """Receive ``room``'s frames too (the session must be a member for the broker's
+        accounting; this side filters by the rooms subscribed)."""
+        if not p.is_valid_room(room):
+            raise ValueError(f"invalid room name {room!r}")
+        self.rooms.add(room)
+        if self._sock is not None:
+            self._sock.setsockopt(zmq.SUBSCRIBE, p.media_room_topic(room))
+
+    def unsubscribe(self, room: str) -> None:
+        """Stop receiving ``room``'s frames."""
+        self.rooms.discard(room)
+        if self._sock is not None:
+            self._sock.setsockopt(zmq.UNSUBSCRIBE, p.media_room_topic(room))
+
+    def stop(self) -> None:
+        """Stop receiving, let the recorder write what is queued (at most
+        :data:`STOP_TIMEOUT_S`), close the socket. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._recv_greenlet is not None:
+            self._recv_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
+        if self._record_greenlet is not None and not self._record_greenlet.dead:
+            try:
+                self._record_queue.put(None, timeout=STOP_TIMEOUT_S)
+                self._record_greenlet.join(timeout=STOP_TIMEOUT_S)
+            except gevent.queue.Full:
+                log.warning("recorder: the queue did not drain within %g s", STOP_TIMEOUT_S)
+            self._record_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close(linger=0)
+        self._notify()
+
+    close = stop
+
+    # waiting ------------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, gevent.event.Event()
+        event.set()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (cooperatively) until ``predicate()`` is true, re-checking it each time frames
+        are received or recorded, for at most ``timeout_s``. Returns its last value."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            event = self._progress
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopped:
+                return bool(predicate())
+            event.wait(remaining)
+
+    # counts -------------------------------------------------------------------------------------
+
+    def received(self, sender: str, kind: str) -> int:
+        """Frames of ``sender``'s ``kind`` received so far."""
+        return self.seqs.received[(sender, kind)]
+
+    def recorded(self, sender: str, kind: str) -> int:
+        """Frames of ``sender``'s ``kind`` written by the recorder so far."""
+        return 0 if self.recorder is None else self.recorder.frames_written[(sender, kind)]
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able: ``streams`` as ``{sender: {kind: {...}}}`` with frames received, lost (by
+        seq), superseded (never shown), fps (last 2 s and mean), recorded, dropped by the
+        record queue, the last frame's size and age (receive time minus capture time, ms,
+        across two clocks); and ``dropped``: own frames, other rooms', bad, other codecs."""
+        viewer_superseded = self.viewer.superseded if self.viewer is not None else Counter()
+        streams: dict[str, dict[str, Any]] = {}
+        for (sender, kind), info in sorted(self._streams.items()):
+            key = (sender, kind)
+            streams.setdefault(sender, {})[kind] = {
+                "frames": self.seqs.received[key],
+                "lost": self.seqs.lost[key],
+                "restarts": self.seqs.restarts[key],
+                "superseded": info.superseded + viewer_superseded[key],
+                "fps": round(info.meter.fps(), 2),
+                "mean_fps": round(info.meter.mean_fps(), 2),
+                "recorded": self.recorded(sender, kind),
+                "record_dropped": info.record_dropped,
+                "record_bad": info.record_bad,
+                "width": info.width,
+                "height": info.height,
+                "last_pts_ms": info.last_pts_ms,
+                "last_age_ms": round(info.last_age_ms, 1),
+            }
+        return {
+            "rooms": sorted(self.rooms),
+            "streams": streams,
+            "dropped": {
+                "own": self.drops.own,
+                "foreign_room": self.drops.foreign_room,
+                "bad": self.drops.bad,
+                "other_codec": self.drops.other_codec,
+            },
+        }
+
+    # loops --------------------------------------------------------------------------------------
+
+    def _recv_loop(self, green: zmq_green.Socket, raw: zmq.Socket) -> None:
+        while True:
+            batch = [green.recv_multipart(copy=False)]
+            for _ in range(DRAIN_BATCH - 1):
+                try:
+                    batch.append(raw.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+            newest: dict[Key, p.MediaFrame] = {}
+            for frames in batch:
+                frame = self._accept(frames)
+                if frame is None:
+                    continue
+                key = (frame.sender, frame.kind)
+                if key in newest:
+                    self._streams[key].superseded += 1
+                newest[key] = frame
+            if self.viewer is not None:
+                for (sender, kind), frame in newest.items():
+                    self.viewer.show(sender, kind, frame.payload)
+            if newest:
+                self.first_frame.set()
+            self._notify()
+            gevent.sleep(0)
+
+    def _accept(self, frames: list[zmq.Frame]) -> p.MediaFrame | None:
+        received_ts_us = _now_us()
+        try:
+            _topic, frame = p.decode_published([f.buffer for f in frames])
+        except p.RemoteProtocolError as exc:
+            self.drops.bad += 1
+            log.debug("bad media frame dropped: %s", exc.reason)
+            return None
+        if not isinstance(frame, p.MediaFrame):
+            self.drops.bad += 1
+            return None
+        if frame.room not in self.rooms:  # a late frame after unsubscribe, or a broker bug
+            self.drops.foreign_room += 1
+            return None
+        if frame.sender == self.session.nick:
+            self.drops.own += 1
+            return None
+        if frame.codec != "jpeg" or frame.kind not in PUBLISHED_KINDS:
+            self.drops.other_codec += 1
+            return None
+        key = (frame.sender, frame.kind)
+        info = self._streams.get(key)
+        if info is None:
+            info = self._streams[key] = _Received(FpsMeter(time.monotonic))
+        self.seqs.observe(key, frame.seq)
+        info.meter.tick()
+        info.last_pts_ms = frame.pts_ms
+        info.last_age_ms = (received_ts_us - frame.capture_ts_us) / 1000
+        info.width, info.height = frame.width, frame.height
+        if self.on_frame is not None:
+            try:
+                self.on_frame(frame)
+            except Exception:
+                log.exception("on_frame failed for a frame of %s/%s", *key)
+        if self.recorder is not None:
+            try:
+                self._record_queue.put_nowait((frame, received_ts_us))
+            except gevent.queue.Full:
+                info.record_dropped += 1
+        return frame
+
+    def _record_loop(self, recorder: Recorder) -> None:
+        while True:
+            item = self._record_queue.get()
+            if item is None:
+                return
+            frame, received_ts_us = item
+            try:
+                recorder.write(frame, received_ts_us)
+            except p.RemoteProtocolError as exc:
+                self._streams[(frame.sender, frame.kind)].record_bad += 1
+                log.debug("frame of %s/%s not recorded: %s", frame.sender, frame.kind, exc)
+            except DeviceError as exc:
+                log.error("recording stopped: %s", exc)
+                return
+            self._notify()
+
+
+# --- the meeting -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Publishing:
+    source: CaptureSource
+    kind: str
+    fps: float | None
+
+
+class Meeting:
+    """The media side of ``zmeet join ROOM``: publish a camera or a video file and/or the
+    screen, show what the others send, record it.
+
+    ``session`` must be connected; :meth:`start` joins ``room`` if the session has not.
+    ``camera`` is a camera index and ``video_file`` a path (published as kind ``video``; give
+    at most one); ``screen`` publishes monitor ``monitor`` (1 = first; kind ``screen``).
+    ``quality`` (1 to 100) and ``max_width`` (pixels) are the JPEG settings. ``fps`` is the rate
+    of the camera and the screen (default: the camera's own, else 15; the screen 10); a video
+    file always plays at its own rate. ``display`` opens the viewer window; ``record_dir``
+    records what is received there (see :class:`~zmeet.devices.Recorder`); ``loop_video``
+    starts the file again at its end.
+
+    Raises ValueError at construction for camera and video_file together, or a bad quality,
+    max_width, fps or monitor.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        room: str,
+        *,
+        camera: int | None = None,
+        video_file: str | None = None,
+        screen: bool = False,
+        monitor: int = 1,
+        quality: int = 80,
+        max_width: int = 1280,
+        fps: float | None = None,
+        display: bool = True,
+        record_dir: str | None = None,
+        loop_video: bool = True,
+    ) -> None:
+        if camera is not None and video_file is not None:
+            raise ValueError("give a camera or a video file, not both")
+        check_encoding(quality, max_width)
+        if fps is not None and not (isinstance(fps, int | float) and 0 < fps <= 240):
+            raise ValueError(f"fps must be above 0 and at most 240, got {fps!r}")
+        if type(monitor) is not int or monitor < 0:
+            raise ValueError(f"monitor must be an integer >= 0, got {monitor!r}")
+        if camera is not None and (type(camera) is not int or camera < 0):
+            raise ValueError(f"camera must be an integer >= 0, got {camera!r}")
+        if not p.is_valid_room(room):
+            raise ValueError(f"invalid room name {room!r}")
+        self.session = session
+        self.room = room
+        self.camera = camera
+        self.video_file = video_file
+        self.screen = screen
+        self.monitor = monitor
+        self.quality = quality
+        self.max_width = max_width
+        self.fps = fps
+        self.display = display
+        self.record_dir = record_dir
+        self.loop_video = loop_video
+        self.publisher: MediaPublisher | None = None
+        self.subscriber: MediaSubscriber | None = None
+        self.viewer: Viewer | None = None
+        self.recorder: Recorder | None = None
+        self._publishing: list[_Publishing] = []
+        self._started = False
+        self._stopped = False
+
+    def start(self) -> None:
+        """Open every source (so a missing camera, file or display fails first, with nothing
+        sent), the viewer and the recorder, then start receiving and publishing.
+
+        Raises :class:`DeviceError` if a source, the display or the recording folder cannot be
+        opened (everything opened so far is closed again), the session's errors
+        (:class:`~zmeet.errors.BrokerUnavailable`, :class:`~zmeet.errors.RequestRefused`) if
+        joining the room fails, RuntimeError if the meeting was stopped.
+        """
+        if self._stopped:
+            raise RuntimeError("this meeting was stopped; make a new one")
+        if self._started:
+            return
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        if self.video_file is not None:
+            self._publishing.append(
+                _Publishing(VideoFileSource(self.video_file, loop=self.loop_video), "video", None)
+            )
+        elif self.camera is not None:
+            self._publishing.append(_Publishing(CameraSource(self.camera), "video", self.fps))
+        if self.screen:
+            self._publishing.append(
+                _Publishing(ScreenSource(self.monitor), "screen", self.fps or DEFAULT_SCREEN_FPS)
+            )
+        for item in self._publishing:
+            item.source.open()
+            if isinstance(item.source, CameraSource) and item.fps is None:
+                item.fps = item.source.native_fps or DEFAULT_CAMERA_FPS
+        if self.display:
+            self.viewer = Viewer(f"zmeet {self.room} ({self.session.nick})")
+            self.viewer.start()
+        if self.record_dir is not None:
+            self.recorder = Recorder(self.record_dir)
+            self.recorder.open()
+        if self.room not in self.session.rooms:
+            self.session.join(self.room, history=0)
+        self.subscriber = MediaSubscriber(
+            self.session, [self.room], viewer=self.viewer, recorder=self.recorder
+        )
+        self.subscriber.start()
+        if self._publishing:
+            self.publisher = MediaPublisher(self.session, self.room)
+            for item in self._publishing:
+                self.publisher.publish_source(
+                    item.source, item.kind, item.fps, self.quality, self.max_width
+                )
+
+    def stop(self) -> None:
+        """Stop publishing, close the sources, stop receiving (the recorder first writes what
+        was received), close the recordings and the window. Idempotent; never raises for a
+        device that fails to close (it is logged)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.publisher is not None:
+            self.publisher.close()
+        for item in self._publishing:
+            item.source.close()
+        if self.subscriber is not None:
+            self.subscriber.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.viewer is not None:
+            self.viewer.close()
+
+    @property
+    def closed_by_user(self) -> bool:
+        """True once a person closed the viewer window (the CLI may then leave)."""
+        return self.viewer is not None and self.viewer.user_closed
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """:meth:`MediaSubscriber.wait_until` of this meeting (False if it is not started)."""
+        if self.subscriber is None:
+            return False
+        return self.subscriber.wait_until(predicate, timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able: ``sent`` per kind (frames sent, dropped, fps, capture and encode ms),
+        ``received`` as ``{sender: {kind: {frames, lost, superseded, fps, recorded, ...}}}``,
+        ``dropped`` (own, other rooms', bad), ``recording`` and ``viewer`` (or None)."""
+        sub = self.subscriber.stats() if self.subscriber is not None else None
+        return {
+            "room": self.room,
+            "nick": self.session.nick,
+            "sent": self.publisher.stats() if self.publisher is not None else {},
+            "received": sub["streams"] if sub is not None else {},
+            "dropped": sub["dropped"] if sub is not None else {},
+            "recording": self.recorder.stats() if self.recorder is not None else None,
+            "viewer": self.viewer.stats() if self.viewer is not None else None,
+        }
+
+
+__all__ = [
+    "DEFAULT_CAMERA_FPS", "DEFAULT_SCREEN_FPS", "MediaPublisher", "MediaSubscriber", "Meeting",
+    "PublishedStream",
+]

@@ -1,0 +1,195 @@
+"""Gallery tiling: where each participant's tile goes, and the mosaic drawn from the tiles.
+
+Pure: numpy arrays in, numpy arrays out; ``cv2`` is used only for resizing and text, never for
+windows or files. Images are BGR ``uint8`` arrays of shape ``(height, width, 3)``, OpenCV's
+layout; sizes are in pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+DEFAULT_ASPECT = 16 / 9
+"""Width over height of the content a gallery is laid out for."""
+
+LABEL_BAR_PX = 22
+"""Height of the label bar at the top of each tile."""
+
+TILE_GAP_PX = 2
+"""Black border kept around each tile."""
+
+KIND_COLOURS_BGR: dict[str, tuple[int, int, int]] = {
+    "video": (0, 140, 0),
+    "screen": (160, 64, 0),
+    "audio": (0, 110, 180),
+}
+"""Label bar colour of each media kind (BGR)."""
+
+OTHER_KIND_BGR = (90, 90, 90)
+"""Label bar colour of a kind not in :data:`KIND_COLOURS_BGR`."""
+
+LABEL_TEXT_BGR = (255, 255, 255)
+WAITING_BGR = (32, 32, 32)
+"""Fill of a tile that has no image yet."""
+
+
+class Rect(NamedTuple):
+    """A rectangle in pixels: top-left corner ``(x, y)``, width ``w``, height ``h``."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class Tile(NamedTuple):
+    """One tile of the gallery: ``label`` (e.g. the sender's nick), media ``kind``, and the
+    newest ``image`` (BGR uint8 HxWx3) or None while waiting for the first frame."""
+
+    label: str
+    kind: str
+    image: np.ndarray | None
+
+
+def gallery_layout(
+    n: int, canvas_w: int, canvas_h: int, *, aspect: float = DEFAULT_ASPECT
+) -> list[Rect]:
+    """Rectangles of ``n`` equal tiles on a ``canvas_w`` x ``canvas_h`` canvas, row by row.
+
+    The grid (columns x rows) is the one that shows content of width/height ``aspect`` the
+    largest; on a tie, more columns (side by side). A last row that is not full is centred.
+    Tiles never overlap and stay inside the canvas. ``n == 0`` gives ``[]``.
+
+    Raises ValueError for ``n < 0``, a canvas with a side below 1 pixel, or ``aspect <= 0``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if canvas_w < 1 or canvas_h < 1:
+        raise ValueError(f"canvas must be at least 1x1 pixels, got {canvas_w}x{canvas_h}")
+    if not aspect > 0:
+        raise ValueError(f"aspect must be above 0, got {aspect}")
+    if n == 0:
+        return []
+    best_cols, best_area = 1, -1.0
+    for cols in range(1, n + 1):
+        rows = math.ceil(n / cols)
+        tile_w, tile_h = canvas_w / cols, canvas_h / rows
+        shown_w = min(tile_w, tile_h * aspect)
+        area = shown_w * (shown_w / aspect)
+        if area >= best_area * (1 - 1e-9):
+            best_cols, best_area = cols, area
+    cols = best_cols
+    rows = math.ceil(n / cols)
+    tile_w, tile_h = canvas_w // cols, canvas_h // rows
+    if tile_w < 1 or tile_h < 1:
+        raise ValueError(f"{n} tiles do not fit on a {canvas_w}x{canvas_h} canvas")
+    rects = []
+    for i in range(n):
+        row, col = divmod(i, cols)
+        in_row = min(cols, n - row * cols)
+        offset_x = (canvas_w - in_row * tile_w) // 2
+        rects.append(Rect(offset_x + col * tile_w, row * tile_h, tile_w, tile_h))
+    return rects
+
+
+def fit_rect(src_w: int, src_h: int, box: Rect) -> Rect:
+    """The largest rectangle of ``src_w``:``src_h`` aspect inside ``box``, centred (letterbox).
+
+    Raises ValueError for a source with a side below 1 pixel.
+    """
+    if src_w < 1 or src_h < 1:
+        raise ValueError(f"source must be at least 1x1 pixels, got {src_w}x{src_h}")
+    scale = min(box.w / src_w, box.h / src_h)
+    w = max(1, min(box.w, round(src_w * scale)))
+    h = max(1, min(box.h, round(src_h * scale)))
+    return Rect(box.x + (box.w - w) // 2, box.y + (box.h - h) // 2, w, h)
+
+
+def scaled_size(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down, aspect kept, so that the width is at most ``max_width``
+    (unchanged if it already is; never scaled up). Height is rounded, at least 1.
+
+    Raises ValueError for sizes or ``max_width`` below 1.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be at least 1x1, got {width}x{height}")
+    if max_width < 1:
+        raise ValueError(f"max_width must be at least 1, got {max_width}")
+    if width <= max_width:
+        return width, height
+    return max_width, max(1, round(height * max_width / width))
+
+
+def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` (HxWxC uint8) resized to ``width`` x ``height``: area averaging when
+    shrinking, bilinear when growing; the same array if the size already matches."""
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    shrinking = width * height < w * h
+    return cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
+
+
+def render_gallery(
+    tiles: Sequence[Tile], canvas_w: int, canvas_h: int, *, aspect: float = DEFAULT_ASPECT
+) -> np.ndarray:
+    """The mosaic of ``tiles``: a BGR uint8 array of shape ``(canvas_h, canvas_w, 3)``.
+
+    Each tile gets a rectangle from :func:`gallery_layout`; a label bar of
+    :data:`LABEL_BAR_PX` at its top in its kind's colour (:data:`KIND_COLOURS_BGR`) with the
+    label in white; below it the image letterboxed on black (or :data:`WAITING_BGR` while
+    there is none). Images may be any size; grey (HxW) images are accepted.
+
+    Raises ValueError for an image that is not HxW or HxWx3 uint8, or a canvas below 1x1.
+    """
+    canvas = np.zeros((canvas_h, canvas_w, 3), np.uint8)
+    rects = gallery_layout(len(tiles), canvas_w, canvas_h, aspect=aspect)
+    for tile, rect in zip(tiles, rects, strict=True):
+        inner = Rect(
+            rect.x + TILE_GAP_PX,
+            rect.y + TILE_GAP_PX,
+            max(1, rect.w - 2 * TILE_GAP_PX),
+            max(1, rect.h - 2 * TILE_GAP_PX),
+        )
+        bar_h = min(LABEL_BAR_PX, inner.h // 4)
+        colour = KIND_COLOURS_BGR.get(tile.kind, OTHER_KIND_BGR)
+        if bar_h > 0:
+            canvas[inner.y : inner.y + bar_h, inner.x : inner.x + inner.w] = colour
+            scale = bar_h / 30
+            cv2.putText(
+                canvas,
+                tile.label,
+                (inner.x + 4, inner.y + bar_h - max(2, bar_h // 4)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                LABEL_TEXT_BGR,
+                1,
+                cv2.LINE_AA,
+            )
+        body = Rect(inner.x, inner.y + bar_h, inner.w, max(1, inner.h - bar_h))
+        image = tile.image
+        if image is None:
+            canvas[body.y : body.y + body.h, body.x : body.x + body.w] = WAITING_BGR
+            continue
+        image = _as_bgr(image)
+        spot = fit_rect(image.shape[1], image.shape[0], body)
+        fitted = resize_to(image, spot.w, spot.h)
+        canvas[spot.y : spot.y + spot.h, spot.x : spot.x + spot.w] = fitted
+    return canvas
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ValueError("a tile image must be a uint8 numpy array")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"a tile image must be HxW or HxWx3, got shape {image.shape}")
