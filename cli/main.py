@@ -254,7 +254,20 @@ def _has_display() -> bool:
 
 
 class ChatTerminal:
-    """The interactive chat of ``zmeet join``: reads lines, runs commands, prints events."""
+    """The interactive chat of ``zmeet join``: reads lines, runs commands, prints events.
+
+    Feature modules (games, files) extend it through three class-level registries:
+    ``COMMANDS`` maps a lower-case command word (``/ttt``, ``!file``) to
+    ``handler(terminal, rest)``; ``EVENT_HANDLERS`` get every queued item that is not a room
+    event or a notice (``handler(terminal, item) -> bool``, True when handled);
+    ``LINE_HANDLERS`` see each plain line first (``handler(terminal, line) -> bool``, True
+    when consumed, e.g. a move typed during a game). Handlers raise ZmeetError for errors.
+    """
+
+    COMMANDS: dict = {}
+    EVENT_HANDLERS: list = []
+    LINE_HANDLERS: list = []
+    HELP_LINES: list[str] = []
 
     def __init__(self, session: Session, room: str, stop: gevent.event.Event) -> None:
         self.session = session
@@ -269,6 +282,13 @@ class ChatTerminal:
     def pump_events(self) -> None:
         while True:
             event = self.session.events.get()
+            if not isinstance(event, RoomEvent | Notice):
+                try:
+                    if not any(handler(self, event) for handler in self.EVENT_HANDLERS):
+                        logging.getLogger("zmeet.cli").debug("unhandled event %r", event)
+                except ZmeetError as exc:
+                    self.out(f"-- error: {exc}")
+                continue
             multi = len(tuple(self.session.rooms)) > 1
             self.out(event_line(event, show_room=multi))
             meeting = self.meeting
@@ -312,7 +332,9 @@ class ChatTerminal:
         if command in ("/quit", "!disconnect", "/exit"):
             self.stop.set()
         elif command in ("/help", "/?"):
-            self.out(HELP_TEXT)
+            self.out("\n".join([HELP_TEXT, *self.HELP_LINES]))
+        elif command in self.COMMANDS:
+            self.COMMANDS[command](self, rest)
         elif command in ("/who", "!info", "/info"):
             info = self.session.info(rest or self.current)
             self.out(f"-- #{info.room}: {len(info.members)} here: {', '.join(info.members)}; "
@@ -341,6 +363,8 @@ class ChatTerminal:
                 self.current = rest
         elif command == "/topic":
             self.session.set_topic(self.current, rest)
+        elif any(handler(self, line) for handler in self.LINE_HANDLERS):
+            pass
         elif command.startswith("/"):
             self.out(f"-- unknown command {word}: /help lists them")
         elif not self.current:
@@ -429,6 +453,10 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
             h.cancel()
         session.close()
     sys.exit(status)
+
+
+# Feature modules add their commands to `main` and to ChatTerminal when imported:
+# (keep one import per line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 import os
 import re
 import secrets
@@ -50,6 +51,7 @@ from ..protocol.limits import (
     MAX_TEXT_BYTES,
     PROTOCOL_VERSION,
 )
+from .service import DEFAULT_SERVICES, TICK_INTERVAL_S, Service, ServiceFactory
 from .store import Store
 
 log = logging.getLogger("zmeet.broker")
@@ -117,6 +119,8 @@ class BrokerConfig:
     history: int = DEFAULT_HISTORY
     heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
     heartbeat_liveness: int = HEARTBEAT_LIVENESS
+    services: list[ServiceFactory] | None = None
+    """Service factories; None: DEFAULT_SERVICES."""
 
     def endpoints(self) -> dict[str, str]:
         derived = derive_endpoints(self.control)
@@ -181,6 +185,11 @@ class Broker:
         cfg = self.config
         self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
         self.rooms = Rooms(time.time, self.store.load_room)
+        factories = DEFAULT_SERVICES if cfg.services is None else cfg.services
+        self.services: list[Service] = [factory(self) for factory in factories]
+        self._handlers: dict[type, Any] = {}
+        for service in self.services:
+            self._handlers.update(service.handlers())
         wanted = cfg.endpoints()
         ctx = self.context
         self._control = ctx.socket(zmq.ROUTER)
@@ -217,6 +226,7 @@ class Broker:
             gevent.spawn(self._control_loop),
             gevent.spawn(self._media_loop),
             gevent.spawn(self._heartbeat_loop),
+            gevent.spawn(self._tick_loop),
         ]
         for greenlet in self._greenlets:
             greenlet.link_exception(self._on_loop_crash)
@@ -236,6 +246,11 @@ class Broker:
         self._stopping = True
         try:
             gevent.killall(self._greenlets, block=True, timeout=2)
+            for service in getattr(self, "services", ()):
+                try:
+                    service.close()
+                except Exception:
+                    log.exception("closing service %s", service.name)
             self._close_sockets()
             if self.store is not None:
                 self.store.close()
@@ -368,6 +383,9 @@ class Broker:
         rooms = self.rooms
         assert rooms is not None and self.store is not None
         nick = session.nick
+        handler = self._handlers.get(type(req))
+        if handler is not None:
+            return handler(session, req)
         if isinstance(req, p.Ping):
             return p.Pong(req_id=req.req_id, ts_ms=int(time.time() * 1000))
         if isinstance(req, p.Say):
@@ -473,6 +491,11 @@ class Broker:
 
     def _end_session(self, session: ClientSession, type_: str, reason: str) -> None:
         assert self.rooms is not None
+        for service in self.services:
+            try:
+                service.on_session_end(session, reason)
+            except Exception:
+                log.exception("service %s failed on the end of %s", service.name, session.nick)
         events = self.rooms.release_nick(session.nick, type_, reason)
         self._publish_events(events)
         self.sessions.pop(session.routing_id, None)
@@ -489,6 +512,35 @@ class Broker:
 
     def _publish(self, frames: list[bytes]) -> None:
         _send(self._events_raw, frames)
+
+    # for services ---------------------------------------------------------------------------
+
+    def session_of(self, nick: str) -> ClientSession | None:
+        """The session holding ``nick``, or None."""
+        assert self.rooms is not None
+        routing_id = self.rooms.holder(nick)
+        return None if routing_id is None else self.sessions.get(routing_id)  # type: ignore[arg-type]
+
+    def send_direct(self, session: ClientSession, message: p.Message) -> None:
+        """Send ``session`` a message it did not ask for (a :class:`~zmeet.protocol.Direct`) on
+        the control lane; inside a batch it goes out after the batch's commit."""
+        self._pending_out.append((session.routing_id, p.encode(message), False, 0))
+        if not self._batching:
+            self._flush()
+
+    def publish(self, message: p.Message) -> None:
+        """Publish a registered published message (not stored; room events use the chat path)."""
+        _send(self._events_raw, p.encode_published(message))
+
+    def _tick_loop(self) -> None:
+        while True:
+            gevent.sleep(TICK_INTERVAL_S)
+            now = time.monotonic()
+            for service in self.services:
+                try:
+                    service.tick(now)
+                except Exception:
+                    log.exception("service %s failed in tick", service.name)
 
     # heartbeats -------------------------------------------------------------------------------
 

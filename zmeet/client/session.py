@@ -246,6 +246,15 @@ class Session:
         if self._rooms.pop(room, None) is not None and self._sub is not None:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(room))
 
+    def subscribe(self, topic: bytes) -> None:
+        """Also receive published messages under ``topic`` (a prefix) on :attr:`events`."""
+        assert self._sub is not None, "connect first"
+        self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def unsubscribe(self, topic: bytes) -> None:
+        assert self._sub is not None, "connect first"
+        self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+
     def info(self, room: str) -> p.RoomInfo:
         reply = self.request(p.Info, room=room)
         assert isinstance(reply, p.RoomInfo)
@@ -274,6 +283,9 @@ class Session:
             except p.RemoteProtocolError as exc:
                 log.warning("bad reply from the broker: %s", exc.reason)
                 continue
+            if isinstance(reply, p.Direct):  # unasked: a challenge, a file offer
+                self.events.put(reply)
+                continue
             req_id = getattr(reply, "req_id", -1)
             if req_id == 0 and isinstance(reply, p.Error):
                 # the broker could not read which request this answers: fail them all
@@ -301,6 +313,8 @@ class Session:
                     self._sync_new_rooms()
             elif isinstance(message, p.RoomEvent):
                 self._on_room_event(message)
+            else:  # a feature's published message (a game's state for spectators)
+                self.events.put(message)
 
     def _on_room_event(self, event: p.RoomEvent) -> None:
         cursor = self._rooms.get(event.room)

@@ -13,6 +13,7 @@ from .codec import (
     encode,
     encode_published,
     media_room_topic,
+    register,
     media_topic,
     room_topic,
     topic_of,
@@ -27,6 +28,7 @@ from .messages import (
     REQUESTS,
     ROOM_EVENT_TYPES,
     Bye,
+    Direct,
     Error,
     Events,
     Heartbeat,
@@ -53,10 +55,10 @@ from .messages import (
 
 __all__ = [
     "ALL_MESSAGES", "HEADER", "HEARTBEAT_TOPIC", "MEDIA_KINDS", "PROTOCOL_VERSION", "PUBLISHED",
-    "REPLIES", "REQUESTS", "ROOM_EVENT_TYPES", "Bye", "Error", "ErrorCode", "Events", "Heartbeat",
+    "REPLIES", "REQUESTS", "ROOM_EVENT_TYPES", "Bye", "Direct", "Error", "ErrorCode", "Events", "Heartbeat",
     "Hello", "History", "Info", "Join", "Joined", "Leave", "LocalProtocolError", "MediaFrame",
     "Message", "Ok", "Ping", "Pong", "Posted", "ProtocolError", "RemoteProtocolError", "Reply",
     "Request", "RoomEvent", "RoomInfo", "Say", "SetTopic", "Welcome", "decode",
     "decode_published", "encode", "encode_published", "is_valid_nick", "is_valid_room",
-    "media_room_topic", "media_topic", "room_topic", "topic_of",
+    "media_room_topic", "media_topic", "register", "room_topic", "topic_of",
 ]

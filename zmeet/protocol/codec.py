@@ -71,6 +71,8 @@ def topic_of(message: m.Message) -> bytes:
         return HEARTBEAT_TOPIC
     if isinstance(message, m.MediaFrame):
         return media_topic(message.room, message.sender, message.kind)
+    if type(message) in _PUBLISHED and hasattr(message, "topic"):
+        return message.topic()
     raise LocalProtocolError(f"{type(message).__name__} is not published")
 
 
@@ -87,6 +89,7 @@ def _check_float(value: Any) -> bool:
 
 _SCALARS: dict[str, Any] = {
     "int": _check_int,
+    "bool": lambda v: type(v) is bool,
     "str": lambda v: type(v) is str,
     "bytes": lambda v: type(v) is bytes,
     "float": _check_float,
@@ -97,7 +100,7 @@ _SCALARS: dict[str, Any] = {
 class _Field:
     name: str
     wire: str
-    kind: str  # scalar name, "list:<scalar>", "list:RoomEvent", "map:<scalar>"
+    kind: str  # scalar name, "list:<scalar>", "list:<Record>", "rec:<Record>", "map:<scalar>"
     required: bool
     default: Any
 
@@ -113,6 +116,8 @@ def _spec(cls: type[m.Message]) -> tuple[_Field, ...]:
             kind = "list:" + item.__name__
         elif origin is dict:
             kind = "map:" + typing.get_args(hint)[1].__name__
+        elif dataclasses.is_dataclass(hint):
+            kind = "rec:" + hint.__name__
         else:
             kind = hint.__name__
         has_default = f.default is not dataclasses.MISSING
@@ -128,7 +133,31 @@ def _spec(cls: type[m.Message]) -> tuple[_Field, ...]:
     return tuple(out)
 
 
-_SPECS = {cls: _spec(cls) for cls in m.ALL_MESSAGES}
+_SPECS: dict[type, tuple[_Field, ...]] = {cls: _spec(cls) for cls in m.ALL_MESSAGES}
+_RECORDS: dict[str, type] = {"RoomEvent": m.RoomEvent}
+_PUBLISHED: set[type] = set(m.PUBLISHED) | {m.MediaFrame}
+
+
+def register(*classes: type, published: bool = False) -> None:
+    """Add message classes (with a ``COMMAND``) or nested record dataclasses (without) to the
+    codec, for the protocol's feature modules (games, files). A published message class must
+    have a ``topic() -> bytes`` method and ``published=True``.
+
+    Raises :class:`LocalProtocolError` for a command or record name already taken.
+    """
+    for cls in classes:
+        command = getattr(cls, "COMMAND", b"")
+        if command:
+            if command in _BY_COMMAND and _BY_COMMAND[command] is not cls:
+                raise LocalProtocolError(f"command {command!r} is already registered")
+            _BY_COMMAND[command] = cls
+        else:
+            if cls.__name__ in _RECORDS and _RECORDS[cls.__name__] is not cls:
+                raise LocalProtocolError(f"record {cls.__name__} is already registered")
+            _RECORDS[cls.__name__] = cls
+        _SPECS[cls] = _spec(cls)
+        if published:
+            _PUBLISHED.add(cls)
 
 
 def _to_wire(message: m.Message) -> dict[str, Any]:
@@ -137,8 +166,10 @@ def _to_wire(message: m.Message) -> dict[str, Any]:
         if f.name == "payload":
             continue
         value = getattr(message, f.name)
-        if f.kind == "list:RoomEvent":
+        if f.kind.startswith("list:") and f.kind[5:] in _RECORDS:
             value = [_to_wire(e) for e in value]
+        elif f.kind.startswith("rec:"):
+            value = _to_wire(value)
         elif f.kind.startswith("list:"):
             value = list(value)
         body[f.wire] = value
@@ -149,23 +180,27 @@ def _fail(reason: str, req_id: int = 0, code: ErrorCode = ErrorCode.BAD_REQUEST)
     raise RemoteProtocolError(reason, code=int(code), req_id=req_id)
 
 
-def _from_wire(cls: type[m.Message], body: Any, req_id: int = 0) -> m.Message:
+def _from_wire(cls: type, body: Any, req_id: int = 0) -> Any:
+    name = getattr(cls, "COMMAND", b"").decode() or cls.__name__
     if type(body) is not dict:
-        _fail(f"{cls.COMMAND.decode()} body is not a map", req_id)
+        _fail(f"{name} body is not a map", req_id)
     values: dict[str, Any] = {}
     for f in _SPECS[cls]:
         if f.name == "payload":
             continue
         if f.wire not in body:
             if f.required:
-                _fail(f"{cls.COMMAND.decode()} lacks field {f.wire!r}", req_id)
+                _fail(f"{name} lacks field {f.wire!r}", req_id)
             continue
         value = body[f.wire]
         kind = f.kind
-        if kind == "list:RoomEvent":
+        if kind.startswith("list:") and kind[5:] in _RECORDS:
             if type(value) is not list:
                 _fail(f"{f.wire!r} is not a list", req_id)
-            value = tuple(_from_wire(m.RoomEvent, e, req_id) for e in value)
+            record = _RECORDS[kind[5:]]
+            value = tuple(_from_wire(record, e, req_id) for e in value)
+        elif kind.startswith("rec:"):
+            value = _from_wire(_RECORDS[kind[4:]], value, req_id)
         elif kind.startswith("list:"):
             check = _SCALARS[kind[5:]]
             if type(value) is not list or not all(check(v) for v in value):
@@ -190,7 +225,7 @@ def _from_wire(cls: type[m.Message], body: Any, req_id: int = 0) -> m.Message:
         if allowed is not None and value not in allowed:
             _fail(f"{f.wire!r} must be one of {', '.join(allowed)}", req_id)
         values[f.name] = value
-    if issubclass(cls, m.Request | m.Reply):
+    if isinstance(cls, type) and issubclass(cls, m.Request | m.Reply):
         rid = values["req_id"]
         low = 1 if issubclass(cls, m.Request) else 0
         if not low <= rid <= MAX_REQ_ID:
@@ -198,7 +233,7 @@ def _from_wire(cls: type[m.Message], body: Any, req_id: int = 0) -> m.Message:
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:  # a field combination the class rejects
-        _fail(f"{cls.COMMAND.decode()}: {exc}", req_id)
+        _fail(f"{name}: {exc}", req_id)
 
 
 def _peek_req_id(body: bytes) -> int:
@@ -318,7 +353,7 @@ def decode_published(frames: Sequence[Buffer]) -> tuple[bytes, m.Message]:
     if n < 4:
         _fail(f"a published message has at least 4 frames, got {n}")
     message = decode(frames[1:])
-    if type(message) not in m.PUBLISHED + (m.MediaFrame,):
+    if type(message) not in _PUBLISHED:
         _fail(f"{message.COMMAND.decode()} is not published")
     if topic_of(message) != topic:
         _fail("topic does not match the message")

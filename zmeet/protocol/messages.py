@@ -46,6 +46,13 @@ class Reply(Message):
     req_id: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Direct(Message):
+    """A message the broker sends one client on the control lane unasked (a challenge, a
+    file offer): it carries no ``req_id`` and gets no reply. The client session queues it on
+    ``Session.events``."""
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
