@@ -63,7 +63,8 @@ REPLY_CACHE_SIZE = 64
 """Replies remembered per session, so a retried ``req_id`` gets its first reply."""
 
 MEDIA_IN_HWM = 64
-"""Media messages queued from all senders before the broker's media ROUTER drops."""
+"""Media messages the broker's media ROUTER queues per connected sender; past it libzmq
+stops reading that connection (back-pressure) and the sender's NOBLOCK sends drop."""
 
 MEDIA_META_STAMP_RESERVE = 64
 """Octets of MAX_MEDIA_META_BYTES kept free for the sender nick the broker stamps in."""

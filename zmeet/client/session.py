@@ -39,8 +39,10 @@ DEFAULT_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class Notice:
-    """Something about the session, not a room: ``kind`` is ``broker-lost``,
-    ``reconnected`` or ``broker-restarted``; ``text`` says it for people."""
+    """Something about the session, not a room event: ``kind`` is ``broker-lost``,
+    ``broker-restarted``, ``reconnected``, ``gap`` (events that could not be fetched),
+    ``left`` (a room that could not be rejoined) or ``history-lost`` (the broker came back
+    without a room's history); ``text`` says it for people."""
 
     kind: str
     text: str

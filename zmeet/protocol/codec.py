@@ -258,8 +258,9 @@ def encode(message: m.Message) -> list[bytes]:
     """Frames of ``message`` without a topic: ``[header, command, body]``, plus ``payload``
     for a :class:`~zmeet.protocol.messages.MediaFrame`.
 
-    Raises :class:`LocalProtocolError` if ``message`` is not a zmeet message or a field cannot
-    be encoded (a str with lone surrogates, an int out of 64-bit range, a wrong type).
+    Raises :class:`LocalProtocolError` if ``message`` is not a zmeet message or msgpack cannot
+    pack a field (a str with lone surrogates, an int out of 64-bit range). Field types are
+    checked on decode, not here: build messages with the types their classes declare.
     """
     if type(message) not in _SPECS:
         raise LocalProtocolError(f"not a zmeet message: {message!r}")
