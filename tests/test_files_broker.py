@@ -1,0 +1,561 @@
+"""Files through a real in-process broker over loopback: sizes, names, limits, resume in both
+directions (cut-off client, restarted broker), corrupted chunks injected by raw sockets, two
+receivers at once, files sent to one nick.
+
+Nothing sleeps to wait: every wait is for a reply, an event or a progress callback, under a
+bounded timeout. Big files are made in ``tmp_path`` and deleted at the end of their test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.queue
+import msgpack
+import pytest
+import zmq
+import zmq.green as zmq_green
+
+from zmeet import protocol as p
+from zmeet.client.files import FileClient, TransferEvent
+from zmeet.errors import RequestRefused
+from zmeet.files import FileMissing, FileTooLarge, IntegrityError, TransferFailed
+from zmeet.protocol import files as pf
+from zmeet.protocol.limits import HEADER
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1024 * 1024
+WAIT_S = 10.0
+
+
+def make_file(path: Path, size: int) -> Path:
+    """``size`` random octets at ``path`` (1 MiB blocks: fast and bounded in memory)."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(MiB, left)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def sha256_path(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Peer:
+    """A session, its FileClient, and the queue of everything else it received."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.files = FileClient(session)
+        self.items: gevent.queue.Queue = gevent.queue.Queue()
+        self.backlog: list[Any] = []
+        self.files.start_pump(self.items.put)
+
+    def wait(self, predicate: Callable[[Any], bool], timeout_s: float = WAIT_S) -> Any:
+        """The first item received that matches (items that do not stay for later waits)."""
+        for i, item in enumerate(self.backlog):
+            if predicate(item):
+                return self.backlog.pop(i)
+        try:
+            with gevent.Timeout(timeout_s):
+                for _ in range(10_000):
+                    item = self.items.get()
+                    if predicate(item):
+                        return item
+                    self.backlog.append(item)
+        except gevent.Timeout:
+            pass
+        raise AssertionError(f"{self.session.nick}: nothing matched in {timeout_s} s: "
+                             f"{self.backlog!r}")
+
+    def close(self, bye: bool = True) -> None:
+        self.files.stop_pump()
+        self.session.close(bye=bye)
+
+
+@pytest.fixture
+def peer(connect) -> Iterator[Callable[..., Peer]]:
+    peers: list[Peer] = []
+
+    def make(nick: str, broker=None, room: str | None = "share") -> Peer:
+        peer = Peer(connect(nick, broker))
+        if room:
+            peer.session.join(room)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.files.stop_pump()
+
+
+def is_file_event(item: Any) -> bool:
+    return isinstance(item, p.RoomEvent) and item.type == pf.FILE_EVENT_TYPE
+
+
+def is_offer(item: Any) -> bool:
+    return isinstance(item, pf.FileOffer)
+
+
+class Cut(Exception):
+    """Raised from a progress callback to cut a transfer off half-way."""
+
+
+def cut_after(octets: int) -> Callable[[TransferEvent], None]:
+    def on_progress(ev: TransferEvent) -> None:
+        if ev.kind == "progress" and ev.done >= octets:
+            raise Cut(ev.done)
+
+    return on_progress
+
+
+def recorder(events: list[TransferEvent]) -> Callable[[TransferEvent], None]:
+    return events.append
+
+
+# --- sizes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, MiB], ids=["0B", "1B", "1MiB"])
+def test_a_file_goes_to_the_broker_once_and_to_each_receiver(broker, peer, tmp_path, size):
+    alice, bob = peer("alice"), peer("bob")
+    src = make_file(tmp_path / "data.bin", size)
+    info = alice.files.upload(src, room="share")
+    assert (info.size, info.sha256, info.sender, info.room) == (size, sha256_path(src), "alice",
+                                                                "share")
+    blob = Path(broker.config.data_dir) / "blobs" / info.sha256[:2] / info.sha256
+    assert blob.read_bytes() == src.read_bytes()
+    event = bob.wait(is_file_event)
+    assert event.sender == "alice"
+    assert json.loads(event.text) == {"id": info.id, "name": "data.bin", "size": size,
+                                      "sha256": info.sha256}
+    got, path = bob.files.download(info.id, tmp_path / "out")
+    assert got == info and path == tmp_path / "out" / "data.bin"
+    assert path.read_bytes() == src.read_bytes()
+    assert not (tmp_path / "out" / ".zmeet-partial").exists()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not a private part
+    assert broker.services[-1].stats()["uploads_open"] == 0
+
+
+def test_200_mib_to_two_receivers_at_once(broker, peer, tmp_path):
+    alice, bob, carol = peer("alice"), peer("bob"), peer("carol")
+    src = make_file(tmp_path / "big.bin", 200 * MiB)
+    try:
+        want = sha256_path(src)
+        info = alice.files.upload(src, room="share")
+        assert info.sha256 == want
+        jobs = [gevent.spawn(who.files.download, info.id, tmp_path / who.session.nick)
+                for who in (bob, carol)]
+        gevent.joinall(jobs, timeout=45, raise_error=True)
+        for job in jobs:
+            _, path = job.get(block=False)
+            assert path.stat().st_size == 200 * MiB and sha256_path(path) == want
+            path.unlink()
+    finally:
+        src.unlink()
+        for blob in (Path(broker.config.data_dir) / "blobs").glob("??/*"):
+            blob.unlink()
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def test_names_with_spaces_non_ascii_dotdot_and_absolute_paths_stay_in_the_folder(peer, tmp_path):
+    alice, bob = peer("alice"), peer("bob")
+    src = make_file(tmp_path / "src", 3)
+    out = tmp_path / "deep" / "out"
+    names = {
+        "a b c.txt": "a b c.txt",
+        "ünï cödé 文件.txt": "ünï cödé 文件.txt",
+        "../../escape.txt": "escape.txt",
+        "/etc/passwd": "etc/passwd",
+        "folder/sub/../../../x.txt": "folder/sub/x.txt",
+        ".bashrc": "_bashrc",
+    }
+    for sent, expected in names.items():
+        info = alice.files.upload(src, room="share", name=sent)
+        assert info.name == sent  # the broker keeps the name; receivers make it safe
+        _, path = bob.files.download(info.id, out)
+        assert path == out / expected
+        assert out.resolve() in path.resolve().parents
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker-data", "deep", "src"]
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]
+
+
+def test_an_existing_file_is_never_overwritten(peer, tmp_path):
+    alice, bob = peer("alice"), peer("bob")
+    info = alice.files.upload(make_file(tmp_path / "report.pdf", 100), room="share")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.pdf").write_text("my own report")
+    paths = [bob.files.download(info.id, out)[1] for _ in range(2)]
+    assert [p.name for p in paths] == ["report (1).pdf", "report (2).pdf"]
+    assert (out / "report.pdf").read_text() == "my own report"
+
+
+# --- limits and errors ----------------------------------------------------------------------------
+
+
+def test_the_size_limit_is_told_at_hello_and_refuses_before_any_byte(make_broker, connect,
+                                                                      tmp_path, raw_dealer,
+                                                                      roundtrip):
+    broker = make_broker(max_file_size=1000)
+    alice = Peer(connect("alice", broker))
+    alice.session.join("share")
+    assert alice.session.welcome.limits["max_file_size"] == 1000
+    src = make_file(tmp_path / "big", 1001)
+    with pytest.raises(FileTooLarge, match="1000 B"):
+        alice.files.upload(src, room="share")
+    assert alice.files.upload(make_file(tmp_path / "ok", 1000), room="share").size == 1000
+    # a client that ignores WELCOME's limit gets ERROR 413 at FILE-PUT, before any chunk
+    dealer = raw_dealer(broker.endpoints["control"])
+    assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="raw"))), p.Welcome)
+    roundtrip(dealer, p.encode(p.Join(req_id=2, room="share")))
+    reply = roundtrip(dealer, p.encode(pf.FilePut(req_id=3, room="share", name="big", size=1001,
+                                                  sha256="0" * 64)))
+    assert isinstance(reply, p.Error) and reply.code == 413 and "1000 B" in reply.reason
+    assert list((Path(broker.config.data_dir) / "blobs" / "partial").iterdir()) == []
+    alice.close()
+
+
+def test_a_missing_file_says_so(peer, tmp_path):
+    alice = peer("alice")
+    with pytest.raises(FileMissing, match="File doesn't exist"):
+        alice.files.upload(tmp_path / "nope.txt", room="share")
+
+
+def test_bad_file_requests_get_errors_and_the_broker_goes_on(broker, raw_dealer, roundtrip, peer,
+                                                             tmp_path):
+    bob = peer("bob")
+    info = bob.files.upload(make_file(tmp_path / "x", 10), room="share")
+    dealer = raw_dealer()
+    ids = iter(range(1, 1000))
+
+    def ask(cls, **fields):
+        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+
+    assert isinstance(ask(p.Hello, nick="raw"), p.Welcome)
+    good = {"name": "a", "size": 4, "sha256": hashlib.sha256(b"abcd").hexdigest()}
+
+    def code(reply):
+        assert isinstance(reply, p.Error), reply
+        return reply.code
+
+    assert code(ask(pf.FilePut, room="share", **good)) == 403  # not a member
+    ask(p.Join, room="share")
+    assert code(ask(pf.FilePut, room="share", **{**good, "sha256": "X" * 64})) == 422
+    assert code(ask(pf.FilePut, room="share", **{**good, "size": -1})) == 400
+    assert code(ask(pf.FilePut, room="share", **{**good, "name": ""})) == 422
+    assert code(ask(pf.FilePut, room="share", **{**good, "name": "é" * 600})) == 413
+    assert code(ask(pf.FilePut, room="share", to="bob", **good)) == 400  # both
+    assert code(ask(pf.FilePut, **good)) == 400  # neither
+    assert code(ask(pf.FilePut, to="nobody", **good)) == 404
+    ready = ask(pf.FilePut, room="share", **good)
+    assert isinstance(ready, pf.FileReady) and ready.offset == 0
+    assert code(ask(pf.FileData, upload="nope", offset=0, data=b"ab")) == 404
+    assert code(ask(pf.FileData, upload=ready.upload, offset=1, data=b"ab")) == 400
+    assert code(ask(pf.FileData, upload=ready.upload, offset=0, data=b"")) == 400
+    assert code(ask(pf.FileData, upload=ready.upload, offset=0, data=b"abcde")) == 400
+    assert code(ask(pf.FileDone, upload=ready.upload)) == 400  # nothing received yet
+    assert code(ask(pf.FileGet, id="000000000000")) == 404
+    assert code(ask(pf.FileGet, id="../../etc/x")) == 404
+    assert code(ask(pf.FileGet, id=info.id, offset=11)) == 400
+    assert code(ask(pf.FileGet, id=info.id, credit=0)) == 400
+    assert code(ask(pf.FileCredit, download="x", credit=0)) == 400
+    assert isinstance(ask(pf.FileCredit, download="x", credit=1), p.Ok)
+    assert isinstance(ask(pf.FileCancel, id="x"), p.Ok)
+    assert code(ask(pf.FileList, room="share", limit=0)) == 429
+    assert code(ask(pf.FileList, room="bad room!")) == 422
+    # an upload chunk with no payload frame, or too big for the socket limits
+    frames = p.encode(pf.FileData(req_id=900, upload=ready.upload, offset=0, data=b"ab"))
+    reply = roundtrip(dealer, frames[:3])
+    assert isinstance(reply, p.Error) and reply.code == 400  # req_id 0: frames unreadable
+    frames[3] = bytes(pf.MAX_FILE_CHUNK_BYTES + 1)  # over MAXMSGSIZE: libzmq drops the peer
+    dealer.send_multipart(frames)
+    # the broker goes on serving everyone else
+    assert bob.files.list("share")[0].id == info.id
+
+
+# --- integrity ------------------------------------------------------------------------------------
+
+
+def test_a_corrupted_upload_chunk_is_caught_and_nothing_is_shared(broker, raw_dealer, roundtrip,
+                                                                  peer, tmp_path):
+    bob = peer("bob")
+    data = os.urandom(3 * pf.FILE_CHUNK_BYTES + 5)
+    sha = hashlib.sha256(data).hexdigest()
+    dealer = raw_dealer()
+    ids = iter(range(1, 1000))
+
+    def ask(cls, **fields):
+        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+
+    ask(p.Hello, nick="mallory")
+    ask(p.Join, room="share")
+    ready = ask(pf.FilePut, room="share", name="x.bin", size=len(data), sha256=sha)
+    assert isinstance(ready, pf.FileReady)
+    step = ready.chunk_bytes
+    for offset in range(0, len(data), step):
+        chunk = bytearray(data[offset:offset + step])
+        if offset == step:
+            chunk[17] ^= 0xFF  # one bit pattern flipped in the second chunk, on the wire
+        ack = ask(pf.FileData, upload=ready.upload, offset=offset, data=bytes(chunk))
+        assert isinstance(ack, pf.FileAck)
+    reply = ask(pf.FileDone, upload=ready.upload)
+    assert isinstance(reply, p.Error) and reply.code == 400 and "does not match" in reply.reason
+    assert bob.files.list("share") == ()
+    partials = Path(broker.config.data_dir) / "blobs" / "partial"
+    assert list(partials.iterdir()) == []
+    assert not (Path(broker.config.data_dir) / "blobs" / sha[:2] / sha).exists()
+    # the same content, sent right, is then stored from offset 0
+    src = tmp_path / "x.bin"
+    src.write_bytes(data)
+    events: list[TransferEvent] = []
+    info = bob.files.upload(src, room="share", on_progress=recorder(events))
+    assert info.sha256 == sha
+    assert [e.offset for e in events if e.kind == "start"] == [0]
+
+
+class FakeBroker:
+    """A ROUTER that speaks just enough zmeet to serve one download with a corrupted chunk."""
+
+    def __init__(self, data: bytes, corrupt_at: int) -> None:
+        ctx = zmq_green.Context.instance()
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        events_port = self.pub.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.events = f"tcp://127.0.0.1:{events_port}"
+        self.data = data
+        self.corrupt_at = corrupt_at
+        self.info = pf.FileInfo(id="0123456789ab", name="photo.png", size=len(data),
+                                sha256=hashlib.sha256(data).hexdigest(), sender="eve",
+                                room="share")
+        self.greenlet = gevent.spawn(self._serve)
+
+    def _serve(self) -> None:
+        while True:
+            routing_id, *frames = self.router.recv_multipart()
+            req = p.decode(frames)
+            out: list[p.Message] = []
+            if isinstance(req, p.Hello):
+                out.append(p.Welcome(
+                    req_id=req.req_id, nick=req.nick, epoch="fake", media_token=b"m" * 16,
+                    endpoints={"control": self.endpoint, "events": self.events,
+                               "media_in": self.endpoint, "media_out": self.events},
+                    limits={"protocol_version": 1, "heartbeat_interval_ms": 60_000}))
+            elif isinstance(req, pf.FileGet):
+                out.append(pf.FileStream(req_id=req.req_id, download="d1", file=self.info,
+                                         offset=req.offset, chunk_bytes=4096))
+                for offset in range(req.offset, len(self.data), 4096):
+                    chunk = bytearray(self.data[offset:offset + 4096])
+                    if offset <= self.corrupt_at < offset + 4096:
+                        chunk[self.corrupt_at - offset] ^= 0x01
+                    out.append(pf.FileChunk(download="d1", offset=offset, data=bytes(chunk)))
+            else:
+                out.append(p.Ok(req_id=req.req_id))
+            for message in out:
+                self.router.send_multipart([routing_id, *p.encode(message)])
+
+    def close(self) -> None:
+        self.greenlet.kill()
+        self.router.close(linger=0)
+        self.pub.close(linger=0)
+
+
+def test_a_corrupted_download_chunk_is_set_aside_never_delivered(connect, tmp_path):
+    data = os.urandom(5 * 4096 + 3)
+    fake = FakeBroker(data, corrupt_at=2 * 4096 + 100)
+    try:
+        client = Peer(connect("bob", fake.endpoint))
+        out = tmp_path / "out"
+        with pytest.raises(IntegrityError, match="does not match"):
+            client.files.download(fake.info.id, out)
+        assert sorted(p.name for p in out.iterdir()) == [".zmeet-partial"]
+        rejected = out / ".zmeet-partial" / f"{fake.info.id}.rejected"
+        assert rejected.stat().st_size == len(data)
+        fake.corrupt_at = -1  # the next try gets good data: delivered, from offset 0
+        _, path = client.files.download(fake.info.id, out)
+        assert path.read_bytes() == data
+        client.close(bye=False)
+    finally:
+        fake.close()
+
+
+# --- resume ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.broker_config(heartbeat_interval_ms=100)
+def test_an_upload_cut_off_goes_on_from_where_it_stopped(broker, peer, connect, tmp_path):
+    alice, bob = peer("alice"), peer("bob")
+    src = make_file(tmp_path / "movie.bin", 24 * MiB)
+    with pytest.raises(Cut):
+        alice.files.upload(src, room="share", on_progress=cut_after(2 * MiB))
+    alice.close(bye=False)  # killed: no BYE; the broker finds out from the heartbeats
+    bob.wait(lambda i: isinstance(i, p.RoomEvent) and i.type == "gone" and i.sender == "alice")
+    again = peer("alice")  # the same nick, free again
+    events: list[TransferEvent] = []
+    info = again.files.upload(src, room="share", on_progress=recorder(events))
+    start = next(e for e in events if e.kind == "start")
+    assert 2 * MiB <= start.offset < 24 * MiB
+    assert info.sha256 == sha256_path(src)
+    _, path = bob.files.download(info.id, tmp_path / "out")
+    assert sha256_path(path) == info.sha256
+
+
+def test_an_upload_goes_on_after_the_broker_restarts(make_broker, connect, tmp_path):
+    first = make_broker()
+    src = make_file(tmp_path / "movie.bin", 24 * MiB)
+    alice = Peer(connect("alice", first))
+    alice.session.join("share")
+    with pytest.raises(Cut):
+        alice.files.upload(src, room="share", on_progress=cut_after(3 * MiB))
+    alice.close(bye=False)
+    first.stop()
+    second = make_broker()  # the same data directory
+    assert second.endpoints["control"] != first.endpoints["control"]
+    alice = Peer(connect("alice", second))
+    alice.session.join("share")
+    events: list[TransferEvent] = []
+    info = alice.files.upload(src, room="share", on_progress=recorder(events))
+    start = next(e for e in events if e.kind == "start")
+    assert 3 * MiB <= start.offset < 24 * MiB  # the partial survived, and was hashed again
+    bob = Peer(connect("bob", second))
+    _, path = bob.files.download(info.id, tmp_path / "out")
+    assert sha256_path(path) == sha256_path(src)
+    alice.close()
+    bob.close()
+
+
+def test_a_download_cut_off_goes_on_from_its_part_file(peer, tmp_path):
+    alice, bob = peer("alice"), peer("bob")
+    src = make_file(tmp_path / "movie.bin", 24 * MiB)
+    info = alice.files.upload(src, room="share")
+    out = tmp_path / "out"
+    with pytest.raises(Cut):
+        bob.files.download(info.id, out, on_progress=cut_after(2 * MiB))
+    part = out / ".zmeet-partial" / f"{info.id}.part"
+    have = part.stat().st_size
+    assert 2 * MiB <= have < 24 * MiB
+    assert not (out / "movie.bin").exists()
+    events: list[TransferEvent] = []
+    _, path = bob.files.download(info.id, out, on_progress=recorder(events))
+    assert next(e for e in events if e.kind == "start").offset == have
+    assert events[-1].kind == "done" and events[-1].path == path
+    assert sha256_path(path) == info.sha256 and not part.exists()
+
+
+def test_a_stale_part_longer_than_the_file_is_started_over(peer, tmp_path):
+    alice, bob = peer("alice"), peer("bob")
+    info = alice.files.upload(make_file(tmp_path / "small", 1000), room="share")
+    part = tmp_path / "out" / ".zmeet-partial" / f"{info.id}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 5000)
+    _, path = bob.files.download(info.id, tmp_path / "out")
+    assert path.read_bytes() == (tmp_path / "small").read_bytes()
+
+
+def test_a_download_whose_chunks_stop_coming_fails_with_resume_advice(connect, tmp_path):
+    fake = FakeBroker(b"", corrupt_at=-1)
+    fake.info = pf.FileInfo(id="0123456789ab", name="n", size=10, sha256="0" * 64, sender="e")
+    try:  # it announces 10 octets and sends none
+        client = Peer(connect("bob", fake.endpoint))
+        client.files.chunk_timeout_s = 0.2
+        with pytest.raises(TransferFailed, match="run the same command again"):
+            client.files.download(fake.info.id, tmp_path)
+        client.close(bye=False)
+    finally:
+        fake.close()
+
+
+# --- one to one, dedup, listing -------------------------------------------------------------------
+
+
+def test_a_file_sent_to_one_nick_is_offered_and_shown_to_that_nick_only(peer, tmp_path):
+    alice, bob, carol = peer("alice"), peer("bob"), peer("carol")
+    info = alice.files.upload(make_file(tmp_path / "secret.txt", 42), to="bob")
+    assert (info.to, info.room) == ("bob", "")
+    assert bob.wait(is_offer).file == info
+    assert bob.files.list() == (info,) and alice.files.list() == (info,)
+    assert carol.files.list() == () and alice.files.list("share") == ()
+    with pytest.raises(RequestRefused) as refused:
+        carol.files.download(info.id, tmp_path / "carol")
+    assert refused.value.code == pf.NOT_FOUND
+    _, path = bob.files.download(info.id, tmp_path / "bob")
+    assert path.read_bytes() == (tmp_path / "secret.txt").read_bytes()
+    with pytest.raises(RequestRefused) as refused:
+        alice.files.upload(tmp_path / "secret.txt", to="nobody")
+    assert refused.value.code == pf.NOT_FOUND and "nobody" in refused.value.reason
+
+
+def test_the_same_content_is_stored_once_under_two_ids(broker, peer, tmp_path):
+    alice = peer("alice")
+    src = make_file(tmp_path / "a.bin", 300_000)
+    first = alice.files.upload(src, room="share")
+    events: list[TransferEvent] = []
+    second = alice.files.upload(src, room="share", name="copy.bin", on_progress=recorder(events))
+    assert first.id != second.id and first.sha256 == second.sha256
+    assert next(e for e in events if e.kind == "start").offset == 300_000  # nothing re-sent
+    assert len(list((Path(broker.config.data_dir) / "blobs").glob("??/*"))) == 1
+    late = peer("late")  # joins after: lists and fetches both
+    assert [f.name for f in late.files.list("share")] == ["a.bin", "copy.bin"]
+    assert late.files.fetch_bytes(second.id, max_bytes=MiB)[1] == src.read_bytes()
+    with pytest.raises(FileTooLarge):
+        late.files.fetch_bytes(second.id, max_bytes=1000)
+
+
+def test_chat_goes_on_during_a_transfer(peer, tmp_path, chat):
+    alice, bob = peer("alice"), peer("bob")
+    src = make_file(tmp_path / "big", 16 * MiB)
+    progressed = gevent.event.Event()
+
+    def on_progress(ev: TransferEvent) -> None:
+        if ev.kind == "progress":
+            progressed.set()
+
+    job = gevent.spawn(alice.files.upload, src, room="share", on_progress=on_progress,
+                       limit_rate_bps=16 * MiB)  # about a second
+    assert progressed.wait(WAIT_S)
+    posted = bob.session.say("share", "still talking")
+    assert not job.ready()  # answered while the upload was going on
+    assert bob.wait(chat("still talking")).seq == posted.seq
+    assert job.get(timeout=WAIT_S).size == 16 * MiB
+
+
+def test_the_file_store_refuses_a_file_that_is_not_one(tmp_path):
+    import sqlite3
+
+    from zmeet.broker.files import FileStore
+
+    bad = tmp_path / "files.sqlite3"
+    bad.write_bytes(b"not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError):
+        FileStore(bad)
+
+
+def test_raw_body_with_wrong_types_is_refused(raw_dealer, roundtrip):
+    dealer = raw_dealer()
+    roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="raw")))
+    body = msgpack.packb({"req_id": 2, "name": "a", "size": "4", "sha256": "0" * 64,
+                          "room": "share"})
+    reply = roundtrip(dealer, [HEADER, b"FILE-PUT", body])
+    assert isinstance(reply, p.Error) and reply.code == 400 and reply.req_id == 2
