@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
 PYTEST_ARGS ?=
 
-.PHONY: run test install system-deps lint bench-smoke clean
+.PHONY: run test install system-deps lint bench bench-smoke bench-system-deps clean
 
 run: $(STAMP)
 	$(BIN)/zmeet broker
@@ -38,9 +38,30 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check zmeet cli tests benchmarks
 
-bench-smoke: $(STAMP)
-	$(BIN)/python -m benchmarks.chat_rtt --count 2000
-	$(BIN)/python -m benchmarks.media_fps --seconds 5
+# Benchmarks (benchmarks/README.md): the `bench` extra, and redis-server for the Redis baseline.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-system-deps:
+	@command -v redis-server >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing system packages: redis-server"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	else \
+	  echo "missing system packages: redis-server"; \
+	  echo "install them with: sudo apt-get install redis-server"; exit 1; \
+	fi
+
+# the full suite (~10 minutes on 2 cores): benchmarks/results/<date>.json, <date>.md, PNG plots
+bench: bench-system-deps $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.suite
+
+# the short suite for CI: fails only if something was lost or a figure is missing
+bench-smoke: bench-system-deps $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.suite --smoke
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -102,18 +102,26 @@ def main(ctx: click.Context, log_level: str) -> None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="INFO logs joins and leaves, DEBUG every message. [INFO]")
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+@click.option("--max-file-size", default="4G", show_default=True,
+              help="Largest file shared through this broker (e.g. 500M, 4G); told at HELLO.")
 @click.pass_context
 def broker(ctx, control, events, media_in, media_out, data_dir, history, heartbeat_ms,
-           broker_log_level, as_json) -> None:
+           broker_log_level, as_json, max_file_size="4G") -> None:
     """Run a broker until Ctrl-C or SIGTERM.
 
     Prints one line when every lane is bound, with the endpoints clients use.
     """
     _setup_logging(broker_log_level or "INFO")
+    from zmeet.files import parse_size
+
+    try:
+        max_file_bytes = parse_size(max_file_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-file-size") from None
     config = BrokerConfig(
         control=control, events=events, media_in=media_in, media_out=media_out,
         data_dir=data_dir or default_data_dir(), history=history,
-        heartbeat_interval_ms=heartbeat_ms,
+        heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
     )
     try:
         config.endpoints()
@@ -140,6 +148,8 @@ def broker(ctx, control, events, media_in, media_out, data_dir, history, heartbe
         for h in handlers:
             h.cancel()
         server.stop()
+    if server.crashed:
+        _fail("the broker stopped after an internal error (see the log above)")
 
 
 # --- say ---------------------------------------------------------------------------------------
@@ -247,9 +257,14 @@ Commands:
 Anything else is said in the current room."""
 
 
+def _device(name: str | None) -> int | str | None:
+    """A PortAudio device from ``--input-device``/``--output-device``: an index or a name."""
+    return int(name) if name is not None and name.isdigit() else name
+
+
 def _has_display() -> bool:
     if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        return bool(os.environ.get("DISPLAY"))  # the window is X11 (Qt xcb); XWayland sets it
     return True
 
 
@@ -297,8 +312,7 @@ class ChatTerminal:
                 and isinstance(event, RoomEvent) and event.room == meeting.room
                 and event.type in ("leave", "gone")
             ):
-                for kind in ("video", "screen"):  # their tiles go with them
-                    meeting.viewer.remove(event.sender, kind)
+                meeting.forget(event.sender)  # their tiles, state and audio go with them
 
     def read_input(self, keep_running_on_eof: bool) -> None:
         fd = sys.stdin.fileno()
@@ -395,16 +409,27 @@ class ChatTerminal:
 @click.option("--max-width", type=click.IntRange(16, 7680), default=1280, show_default=True,
               help="Frames wider than this are scaled down.")
 @click.option("--fps", type=click.FloatRange(0.1, 120), default=None,
-              help="Capture rate [a file's own rate; 15 for webcam and screen].")
+              help="Capture rate [a file's own; the webcam's own, else 15; the screen 10].")
 @click.option("--no-display", is_flag=True, help="Do not open the video window.")
 @click.option("--record", "record_dir", type=click.Path(file_okay=False), default=None,
               help="Write received video to files in DIR, one per sender and kind.")
+@click.option("--audio", is_flag=True,
+              help="Send the microphone and play the others' mixed audio (sounddevice).")
+@click.option("--input-device", default=None,
+              help="Microphone for --audio: a PortAudio device index or name [the default].")
+@click.option("--output-device", default=None,
+              help="Speaker for --audio: a PortAudio device index or name [the default].")
+@click.option("--max-streams", type=click.IntRange(0), default=None,
+              help="Show video of only the N most recent speakers (screen shares always).")
 @click.option("--stats", "stats_json", is_flag=True,
               help="On leaving, print media statistics as one JSON line on stderr.")
+@click.option("--accept-files", is_flag=True,
+              help="Save every file offered to you into the current folder, unasked.")
 @click.pass_context
 def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video, camera,
          video_file, screen, monitor, quality, max_width, fps, no_display, record_dir,
-         stats_json) -> None:
+         stats_json, audio=False, input_device=None, output_device=None,
+         max_streams=None, accept_files=False) -> None:
     """Join ROOM (default: lobby) and chat; optionally share video and screen.
 
     Type a line to say it; /help lists the commands. Ctrl-C or Ctrl-D leave.
@@ -414,6 +439,7 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
     stop = gevent.event.Event()
     handlers = _on_signals(stop.set)
     term = ChatTerminal(session, room, stop)
+    _files.attach(term, accept_files=accept_files)  # offers, --accept-files, image previews
     meeting = None
     greenlets: list[gevent.Greenlet] = []
     try:
@@ -422,7 +448,7 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
                  f"{', '.join(joined.members)})" + (f"; topic: {safe(joined.topic)}" if joined.topic else "")
                  + "; /help for commands")
         display = not no_display and _has_display()
-        wants_media = video or video_file or screen or display or record_dir
+        wants_media = video or video_file or screen or display or record_dir or audio
         if wants_media:
             from zmeet.client.media import Meeting
 
@@ -431,6 +457,8 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
                 camera=camera if (video and not video_file) else None,
                 video_file=video_file, screen=screen, monitor=monitor, quality=quality,
                 max_width=max_width, fps=fps, display=display, record_dir=record_dir,
+                audio=audio, input_device=_device(input_device),
+                output_device=_device(output_device), max_streams=max_streams,
             )
             meeting.start()
             term.meeting = meeting
@@ -457,6 +485,11 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
 
 # Feature modules add their commands to `main` and to ChatTerminal when imported:
 # (keep one import per line)
+from .meeting_controls import install as _install_meeting_controls  # noqa: E402
+_install_meeting_controls(ChatTerminal)  # /video, /screen, /mute, /unmute
+from . import games as _games  # noqa: E402,F401
+from . import files as _files  # noqa: E402,F401
+from . import bench as _bench  # noqa: E402,F401
 
 
 if __name__ == "__main__":  # pragma: no cover

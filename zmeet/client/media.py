@@ -41,6 +41,8 @@ from ..devices import CameraSource, CaptureSource, Recorder, ScreenSource, Video
 from ..devices.jpeg import DEFAULT_MAX_WIDTH, DEFAULT_QUALITY, check_encoding
 from ..errors import DeviceError, LocalProtocolError
 from ..media import FpsMeter, Pacer, SeqTracker
+from ..media.audio import video_due_us
+from ..media.jitter import DelayLine
 from ..protocol.limits import MAX_MEDIA_FRAME_BYTES, MAX_MEDIA_META_BYTES
 from .session import Session
 
@@ -69,6 +71,14 @@ STOP_TIMEOUT_S = 5.0
 
 PUBLISHED_KINDS = ("video", "screen")
 """Kinds this module publishes and shows (audio has its own lane logic)."""
+
+MAX_FRAME_AGE_MS = 120.0
+"""A video frame that spent this much longer on the way than the quickest of its stream is
+dropped before display (newest frame wins: a late frame is never shown as a slow replay).
+Measured relative to the stream's quickest frame, so two machines' clock offset cancels out."""
+
+DELAY_LINE_FRAMES = 16
+"""Video frames per stream held at most for A/V sync."""
 
 Key = tuple[str, str]
 
@@ -247,6 +257,31 @@ class MediaPublisher:
             stream.bytes += len(encoded.data)
             stream.meter.tick()
 
+    def send_frame(self, frame: p.MediaFrame) -> bool:
+        """Send one ready frame (audio, state) ``NOBLOCK``. Returns False if it was dropped
+        because the queue to the broker is full (or the publisher is closed): never a backlog."""
+        if self._sock is None:
+            return False
+        try:
+            self._raw.send_multipart(p.encode(frame), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.debug("media socket: cannot send: %s", exc)
+            return False
+        return True
+
+    def stop_kind(self, kind: str) -> None:
+        """Stop publishing ``kind`` (``/video off``); its source stays open."""
+        greenlet = self._greenlets.pop(kind, None)
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
+
+    def publishing(self, kind: str) -> bool:
+        """True while a greenlet publishes ``kind``."""
+        greenlet = self._greenlets.get(kind)
+        return greenlet is not None and not greenlet.dead
+
     def stop(self) -> None:
         """Stop every publishing greenlet (the sources stay open; their owner closes them)."""
         greenlets = list(self._greenlets.values())
@@ -277,6 +312,12 @@ class _Received:
     record_bad: int = 0
     last_pts_ms: int = 0
     last_age_ms: float = 0.0
+    min_age_ms: float | None = None
+    stale: int = 0
+    filtered: int = 0
+    shown: int = 0
+    shown_age_ms: float = 0.0
+    max_shown_age_ms: float = 0.0
     width: int = 0
     height: int = 0
 
@@ -313,6 +354,10 @@ class MediaSubscriber:
         recorder: Recorder | None = None,
         rcvhwm: int = SUBSCRIBE_RCVHWM,
         record_queue_frames: int = RECORD_QUEUE_FRAMES,
+        handlers: dict[str, Callable[[p.MediaFrame], None]] | None = None,
+        video_delay_ms: Callable[[str], float | None] | None = None,
+        video_filter: Callable[[str, str], bool] | None = None,
+        max_age_ms: float | None = MAX_FRAME_AGE_MS,
     ) -> None:
         if session.welcome is None or "media_out" not in session.endpoints:
             raise LocalProtocolError("connect the session before receiving media")
@@ -326,6 +371,20 @@ class MediaSubscriber:
         self.viewer = viewer
         self.recorder = recorder
         self.rcvhwm = rcvhwm
+        self.handlers = dict(handlers or {})
+        """``{kind: handler(frame)}`` for kinds other than video and screen (audio, state):
+        called on the hub for every such frame received; they never reach viewer or recorder."""
+        self.video_delay_ms = video_delay_ms
+        """``f(sender) -> ms or None``: how long after capture ``sender``'s audio is heard;
+        video is held back to match (A/V sync, :func:`~zmeet.media.audio.video_due_us`)."""
+        self.video_filter = video_filter
+        """``f(sender, kind) -> bool``: False leaves that stream off the viewer (last-N)."""
+        self.max_age_ms = max_age_ms
+        self.on_shown: Callable[[p.MediaFrame, int], None] | None = None
+        """Called with each frame handed to the viewer and the wall clock then (µs)."""
+        self._lines: dict[Key, DelayLine[p.MediaFrame]] = {}
+        self._release_wake = gevent.event.Event()
+        self._release_greenlet: gevent.Greenlet | None = None
         self.seqs: SeqTracker[Key] = SeqTracker()
         self.first_frame = gevent.event.Event()
         """Set when the first frame from another participant arrives."""
@@ -354,6 +413,8 @@ class MediaSubscriber:
             self.subscribe(room)
         raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
         self._recv_greenlet = gevent.spawn(self._recv_loop, sock, raw)
+        if self.viewer is not None and self.video_delay_ms is not None:
+            self._release_greenlet = gevent.spawn(self._release_loop)
         if self.recorder is not None:
             self._record_greenlet = gevent.spawn(self._record_loop, self.recorder)
 
@@ -380,6 +441,8 @@ class MediaSubscriber:
         self._stopped = True
         if self._recv_greenlet is not None:
             self._recv_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
+        if self._release_greenlet is not None:
+            self._release_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
         if self._record_greenlet is not None and not self._record_greenlet.dead:
             try:
                 self._record_queue.put(None, timeout=STOP_TIMEOUT_S)
@@ -446,6 +509,10 @@ class MediaSubscriber:
                 "height": info.height,
                 "last_pts_ms": info.last_pts_ms,
                 "last_age_ms": round(info.last_age_ms, 1),
+                "stale": info.stale,
+                "filtered": info.filtered,
+                "shown": info.shown,
+                "max_shown_age_ms": round(info.max_shown_age_ms, 1),
             }
         return {
             "rooms": sorted(self.rooms),
@@ -478,12 +545,70 @@ class MediaSubscriber:
                     self._streams[key].superseded += 1
                 newest[key] = frame
             if self.viewer is not None:
-                for (sender, kind), frame in newest.items():
-                    self.viewer.show(sender, kind, frame.payload)
+                for key, frame in newest.items():
+                    self._present(key, frame)
             if newest:
                 self.first_frame.set()
             self._notify()
             gevent.sleep(0)
+
+    def _present(self, key: Key, frame: p.MediaFrame) -> None:
+        """Hand a video frame to the viewer now, or later for A/V sync; drop it if it is late
+        (newest frame wins) or if the stream is filtered out (last-N)."""
+        info = self._streams[key]
+        if self.video_filter is not None and not self.video_filter(*key):
+            info.filtered += 1
+            return
+        now_us = _now_us()
+        age_ms = (now_us - frame.capture_ts_us) / 1000
+        if info.min_age_ms is None or age_ms < info.min_age_ms:
+            info.min_age_ms = age_ms
+        if self.max_age_ms is not None and age_ms - info.min_age_ms > self.max_age_ms:
+            info.stale += 1
+            return
+        if self.video_delay_ms is not None:
+            due_us = video_due_us(frame.capture_ts_us, self.video_delay_ms(key[0]), now_us)
+            if due_us > now_us:
+                line = self._lines.get(key)
+                if line is None:
+                    line = self._lines[key] = DelayLine(DELAY_LINE_FRAMES)
+                line.push(frame, time.monotonic() + (due_us - now_us) / 1e6)
+                self._release_wake.set()
+                return
+            line = self._lines.get(key)
+            if line is not None and len(line):  # keep capture order: what waits is older
+                info.superseded += len(line)
+                line.clear()
+        self._show(key, frame, now_us)
+
+    def _show(self, key: Key, frame: p.MediaFrame, now_us: int) -> None:
+        assert self.viewer is not None
+        info = self._streams[key]
+        info.shown += 1
+        info.shown_age_ms = (now_us - frame.capture_ts_us) / 1000
+        info.max_shown_age_ms = max(info.max_shown_age_ms, info.shown_age_ms)
+        self.viewer.show(key[0], key[1], frame.payload)
+        if self.on_shown is not None:
+            self.on_shown(frame, now_us)
+
+    def _release_loop(self) -> None:
+        while True:
+            self._release_wake.clear()
+            dues = [d for d in (line.next_due_s() for line in self._lines.values()) if d]
+            if not dues:
+                self._release_wake.wait()
+                continue
+            wait_s = min(dues) - time.monotonic()
+            if wait_s > 0:
+                self._release_wake.wait(wait_s)
+                continue
+            now_s = time.monotonic()
+            for key, line in list(self._lines.items()):
+                before = line.dropped
+                frame = line.pop_due(now_s)
+                self._streams[key].superseded += line.dropped - before
+                if frame is not None:
+                    self._show(key, frame, _now_us())
 
     def _accept(self, frames: list[zmq.Frame]) -> p.MediaFrame | None:
         received_ts_us = _now_us()
@@ -502,7 +627,8 @@ class MediaSubscriber:
         if frame.sender == self.session.nick:
             self.drops.own += 1
             return None
-        if frame.codec != "jpeg" or frame.kind not in PUBLISHED_KINDS:
+        handler = self.handlers.get(frame.kind) if frame.kind not in PUBLISHED_KINDS else None
+        if handler is None and (frame.codec != "jpeg" or frame.kind not in PUBLISHED_KINDS):
             self.drops.other_codec += 1
             return None
         key = (frame.sender, frame.kind)
@@ -510,6 +636,14 @@ class MediaSubscriber:
         if info is None:
             info = self._streams[key] = _Received(FpsMeter(time.monotonic))
         self.seqs.observe(key, frame.seq)
+        if handler is not None:
+            info.meter.tick()
+            info.last_age_ms = (received_ts_us - frame.capture_ts_us) / 1000
+            try:
+                handler(frame)
+            except Exception:
+                log.exception("handler failed for a frame of %s/%s", *key)
+            return None
         info.meter.tick()
         info.last_pts_ms = frame.pts_ms
         info.last_age_ms = (received_ts_us - frame.capture_ts_us) / 1000
@@ -585,6 +719,12 @@ class Meeting:
         display: bool = True,
         record_dir: str | None = None,
         loop_video: bool = True,
+        audio: bool = False,
+        input_device: int | str | None = None,
+        output_device: int | str | None | bool = None,
+        audio_codec: str | None = None,
+        max_streams: int | None = None,
+        av_sync: bool = True,
     ) -> None:
         if camera is not None and video_file is not None:
             raise ValueError("give a camera or a video file, not both")
@@ -609,6 +749,20 @@ class Meeting:
         self.display = display
         self.record_dir = record_dir
         self.loop_video = loop_video
+        self.audio = audio
+        self.input_device = input_device
+        self.output_device = output_device
+        self.audio_codec = audio_codec
+        if max_streams is not None and (type(max_streams) is not int or max_streams < 0):
+            raise ValueError(f"max_streams must be an integer >= 0, got {max_streams!r}")
+        self.max_streams = max_streams
+        self.av_sync = av_sync
+        self.audio_lane: Any = None  # zmeet.client.audio.AudioLane
+        self.muted = False
+        self.states: dict[str, Any] = {}
+        """``{sender: MediaState}`` as the others last told it."""
+        self._state_greenlet: gevent.Greenlet | None = None
+        self._state_seq = 0
         self.publisher: MediaPublisher | None = None
         self.subscriber: MediaSubscriber | None = None
         self.viewer: Viewer | None = None
@@ -660,16 +814,147 @@ class Meeting:
             self.recorder.open()
         if self.room not in self.session.rooms:
             self.session.join(self.room, history=0)
+        from .audio import AudioLane
+
+        self.publisher = MediaPublisher(self.session, self.room)
+        if self.audio or self.record_dir is not None:
+            self.audio_lane = AudioLane(
+                self.room, self.publisher, capture=self.audio,
+                input_device=self.input_device,
+                output_device=self.output_device if self.audio else False,
+                codec=self.audio_codec, record_dir=self.record_dir,
+            )
+            self.audio_lane.start()
+        lane = self.audio_lane
         self.subscriber = MediaSubscriber(
-            self.session, [self.room], viewer=self.viewer, recorder=self.recorder
+            self.session, [self.room], viewer=self.viewer, recorder=self.recorder,
+            handlers={"state": self._on_state, **({"audio": lane.on_frame} if lane else {})},
+            video_delay_ms=lane.mixer.audio_delay_ms if (lane and self.av_sync) else None,
+            video_filter=self._video_wanted if self.max_streams is not None else None,
         )
         self.subscriber.start()
-        if self._publishing:
-            self.publisher = MediaPublisher(self.session, self.room)
-            for item in self._publishing:
-                self.publisher.publish_source(
-                    item.source, item.kind, item.fps, self.quality, self.max_width
-                )
+        if self.viewer is not None and hasattr(self.viewer, "set_meeting"):
+            self.viewer.set_meeting(self)
+        for item in self._publishing:
+            self.publisher.publish_source(
+                item.source, item.kind, item.fps, self.quality, self.max_width
+            )
+        self._state_greenlet = gevent.spawn(self._state_loop)
+
+    # media state and controls -------------------------------------------------------------------
+
+    def state(self) -> Any:
+        """This participant's :class:`~zmeet.client.audio.MediaState` now."""
+        from .audio import MediaState
+
+        pub = self.publisher
+        return MediaState(
+            audio=self.audio_lane is not None and self.audio_lane.mic is not None,
+            muted=self.muted,
+            video=pub is not None and pub.publishing("video"),
+            screen=pub is not None and pub.publishing("screen"),
+        )
+
+    def _send_state(self) -> None:
+        if self.publisher is None:
+            return
+        frame = p.MediaFrame(
+            room=self.room, kind="state", seq=self._state_seq, capture_ts_us=_now_us(),
+            pts_ms=0, width=0, height=0, fps=0.0, codec="json", payload=self.state().encode(),
+        )
+        if self.publisher.send_frame(frame):
+            self._state_seq += 1
+
+    def _state_loop(self) -> None:
+        from .audio import STATE_INTERVAL_S
+
+        while True:
+            self._send_state()
+            gevent.sleep(STATE_INTERVAL_S)  # the state is repeated: late joiners learn it
+
+    def _on_state(self, frame: p.MediaFrame) -> None:
+        from .audio import MediaState
+
+        try:
+            state = MediaState.decode(frame.payload)
+        except p.RemoteProtocolError:
+            return
+        old = self.states.get(frame.sender)
+        self.states[frame.sender] = state
+        if self.viewer is not None and old is not None:
+            if old.video and not state.video:
+                self.viewer.remove(frame.sender, "video")
+            if old.screen and not state.screen:
+                self.viewer.remove(frame.sender, "screen")
+
+    def forget(self, sender: str) -> None:
+        """``sender`` left the room: drop their tiles, state and audio."""
+        self.states.pop(sender, None)
+        if self.audio_lane is not None:
+            self.audio_lane.remove(sender)
+        if self.viewer is not None:
+            for kind in PUBLISHED_KINDS:
+                self.viewer.remove(sender, kind)
+
+    def set_muted(self, muted: bool) -> None:
+        """``/mute``, ``/unmute``: stop or resume sending audio; others see a muted badge."""
+        if self.audio_lane is None or self.audio_lane.mic is None:
+            raise LocalProtocolError("audio is off: join with --audio")
+        self.muted = self.audio_lane.muted = muted
+        self._send_state()
+
+    def set_video(self, on: bool) -> None:
+        """``/video on|off``. Raises :class:`LocalProtocolError` without a camera or file."""
+        self._set_kind("video", on)
+
+    def set_screen(self, on: bool) -> None:
+        """``/screen on|off`` (opens the screen on first use). Raises :class:`DeviceError` if
+        the screen cannot be grabbed."""
+        if on and not any(i.kind == "screen" for i in self._publishing):
+            source = ScreenSource(self.monitor)
+            source.open()
+            self._publishing.append(_Publishing(source, "screen", self.fps or DEFAULT_SCREEN_FPS))
+        self._set_kind("screen", on)
+
+    def _set_kind(self, kind: str, on: bool) -> None:
+        item = next((i for i in self._publishing if i.kind == kind), None)
+        if item is None or self.publisher is None:
+            raise LocalProtocolError(f"no {kind} source: join with --{kind}")
+        if on and not self.publisher.publishing(kind):
+            self.publisher.publish_source(
+                item.source, kind, item.fps, self.quality, self.max_width
+            )
+        elif not on:
+            self.publisher.stop_kind(kind)
+        self._send_state()
+
+    def _video_wanted(self, sender: str, kind: str) -> bool:
+        """Last-N: a screen share always shows; video only from the ``max_streams`` senders
+        who spoke most recently (those who never spoke come after, in arrival order)."""
+        if kind == "screen" or self.max_streams is None:
+            return True
+        if self.subscriber is None:
+            return True
+        senders = sorted(
+            {s for (s, k) in self.subscriber._streams if k == "video"},
+            key=lambda s: -(self._last_spoke(s) or 0.0),
+        )
+        return sender in senders[: self.max_streams]
+
+    def _last_spoke(self, sender: str) -> float | None:
+        return None if self.audio_lane is None else self.audio_lane.mixer.last_spoke_s(sender)
+
+    def view(self) -> dict[str, Any]:
+        """What the gallery shows besides frames (called from the viewer's thread): ``nick``,
+        ``own`` state, the others' ``states``, the ``active`` speaker. Compared by value."""
+        return {"nick": self.session.nick, "own": self.state(), "states": dict(self.states),
+                "active": self.active_speaker()}
+
+    def active_speaker(self) -> str | None:
+        """The loudest recent speaker (None without audio)."""
+        if self.audio_lane is None:
+            return None
+        return self.audio_lane.mixer.active_speaker(time.monotonic())
 
     def stop(self) -> None:
         """Stop publishing, close the sources, stop receiving (the recorder first writes what
@@ -678,6 +963,10 @@ class Meeting:
         if self._stopped:
             return
         self._stopped = True
+        if self._state_greenlet is not None:
+            self._state_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
+        if self.audio_lane is not None:
+            self.audio_lane.stop()
         if self.publisher is not None:
             self.publisher.close()
         for item in self._publishing:
@@ -712,6 +1001,10 @@ class Meeting:
             "received": sub["streams"] if sub is not None else {},
             "dropped": sub["dropped"] if sub is not None else {},
             "recording": self.recorder.stats() if self.recorder is not None else None,
+            "audio": self.audio_lane.stats() if self.audio_lane is not None else None,
+            "states": {s: vars(st) if hasattr(st, "__dict__") else dict(
+                audio=st.audio, muted=st.muted, video=st.video, screen=st.screen)
+                for s, st in self.states.items()},
             "viewer": self.viewer.stats() if self.viewer is not None else None,
         }
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import DeviceError, RemoteProtocolError
 from ..media import LatestSlot, Tile, render_gallery
+from ..media.tiling import Participant, render_meeting
 from ._x11 import check_x_display
 from .jpeg import decode_jpeg
 
@@ -99,6 +100,9 @@ class Viewer:
         self.user_closed = False
         self.error: BaseException | None = None
         """The exception that ended the window thread, if one did."""
+        self.meeting_view: Any = None
+        """``f() -> dict`` (``Meeting.view``): with it the window shows the meeting gallery,
+        one tile per participant with states, the active speaker, a screen share on stage."""
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -156,6 +160,11 @@ class Viewer:
         :attr:`bad_frames`). Thread-safe and non-blocking; never raises for a closed viewer."""
         self._slot.put((sender, kind), image)
         self._wanted.set()
+
+    def set_meeting(self, meeting: Any) -> None:
+        """Show ``meeting``'s gallery (:meth:`zmeet.client.media.Meeting.view`)."""
+        self.meeting_view = meeting.view
+        self._wanted.set()  # the gallery shows this participant's own tile at once
 
     def remove(self, sender: str, kind: str) -> None:
         """Drop tile ``(sender, kind)`` (its sender left or stopped sending)."""
@@ -226,6 +235,28 @@ class Viewer:
             with self._progress:
                 self._progress.notify_all()
 
+    def _gallery(self, images: dict[Key, np.ndarray | None], view: dict[str, Any]) -> np.ndarray:
+        """One tile per participant (this one first), the first screen share on stage."""
+        states, active, me = view["states"], view["active"], view["nick"]
+        own = view["own"]
+        people = [Participant(f"{me} (you)", None, own.muted, not own.video, active == me)]
+        others = sorted({s for (s, k) in images if k == "video"} | set(states))
+        for nick in others:
+            state = states.get(nick)
+            people.append(Participant(
+                nick, images.get((nick, "video")),
+                muted=bool(state and state.muted),
+                video_off=state is not None and not state.video,
+                active=active == nick,
+            ))
+        for (sender, kind), img in sorted(images.items()):
+            if kind == "image" and img is not None:  # a shared image's preview (cli/files.py)
+                people.append(Participant(f"{sender}: image", img))
+        screens = sorted((s, img) for (s, k), img in images.items()
+                         if k == "screen" and img is not None)
+        stage = (f"{screens[0][0]} screen", screens[0][1]) if screens else None
+        return render_meeting(people, self.canvas_w, self.canvas_h, stage=stage)
+
     def _loop(self) -> None:
         title = self.title
         # no window until there is something to show: a chat-only meeting opens none
@@ -238,6 +269,7 @@ class Viewer:
         self._window_open = True
         cv2.moveWindow(title, *self.position)
         images: dict[Key, np.ndarray | None] = {}
+        last_view: Any = None
         dirty = True
         while not self._stop.is_set():
             for key, item in self._slot.take_all().items():
@@ -253,9 +285,15 @@ class Viewer:
                 except RemoteProtocolError as exc:
                     self.bad_frames[key] += 1
                     log.debug("viewer: frame of %s/%s dropped: %s", *key, exc)
+            view = self.meeting_view() if self.meeting_view is not None else None
+            if view is not None and view != last_view:  # states and speaker change too
+                dirty, last_view = True, view
             if dirty:
-                tiles = [Tile(f"{s} {k}", k, img) for (s, k), img in sorted(images.items())]
-                cv2.imshow(title, render_gallery(tiles, self.canvas_w, self.canvas_h))
+                if view is not None:
+                    cv2.imshow(title, self._gallery(images, view))
+                else:
+                    tiles = [Tile(f"{s} {k}", k, img) for (s, k), img in sorted(images.items())]
+                    cv2.imshow(title, render_gallery(tiles, self.canvas_w, self.canvas_h))
                 dirty = False
                 with self._progress:
                     self.presented += 1

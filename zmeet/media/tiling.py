@@ -193,3 +193,103 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 3:
         return image
     raise ValueError(f"a tile image must be HxW or HxWx3, got shape {image.shape}")
+
+
+# --- the meeting gallery: one tile per participant, the screen share on a stage ---------------
+
+STAGE_FRACTION = 0.75
+"""Width of the stage (a screen share shown large) as a fraction of the canvas."""
+
+ACTIVE_SPEAKER_BGR = (0, 215, 255)
+"""Border of the active speaker's tile (amber)."""
+
+ACTIVE_BORDER_PX = 4
+MUTED_BGR = (40, 40, 220)
+"""The muted badge (red)."""
+
+VIDEO_OFF_BGR = (12, 12, 12)
+"""Fill of a tile whose video is off (dark)."""
+
+
+class Participant(NamedTuple):
+    """One participant's tile: ``nick``, the newest video ``image`` (BGR uint8, or None),
+    ``muted`` (draws a badge), ``video_off`` (a dark tile), ``active`` (the active speaker:
+    a highlighted border)."""
+
+    nick: str
+    image: np.ndarray | None
+    muted: bool = False
+    video_off: bool = False
+    active: bool = False
+
+
+def meeting_layout(
+    n: int, canvas_w: int, canvas_h: int, *, stage: bool
+) -> tuple[Rect | None, list[Rect]]:
+    """``(stage_rect, tile_rects)``: with ``stage`` the stage takes :data:`STAGE_FRACTION` of
+    the width on the left and ``n`` tiles share the strip on the right; without, the ``n``
+    tiles share the canvas (:func:`gallery_layout`)."""
+    if not stage:
+        return None, gallery_layout(n, canvas_w, canvas_h)
+    stage_w = max(1, int(canvas_w * STAGE_FRACTION))
+    strip_w = max(1, canvas_w - stage_w)
+    tiles = [Rect(stage_w + r.x, r.y, r.w, r.h) for r in gallery_layout(n, strip_w, canvas_h)]
+    return Rect(0, 0, stage_w, canvas_h), tiles
+
+
+def _draw_tile(
+    canvas: np.ndarray, rect: Rect, label: str, colour: tuple[int, int, int],
+    image: np.ndarray | None, *, fill: tuple[int, int, int] = WAITING_BGR,
+    muted: bool = False, active: bool = False,
+) -> None:
+    inner = Rect(rect.x + TILE_GAP_PX, rect.y + TILE_GAP_PX,
+                 max(1, rect.w - 2 * TILE_GAP_PX), max(1, rect.h - 2 * TILE_GAP_PX))
+    bar_h = min(LABEL_BAR_PX, inner.h // 4)
+    if bar_h > 0:
+        canvas[inner.y: inner.y + bar_h, inner.x: inner.x + inner.w] = colour
+        cv2.putText(canvas, label, (inner.x + 4, inner.y + bar_h - max(2, bar_h // 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, bar_h / 30, LABEL_TEXT_BGR, 1, cv2.LINE_AA)
+        if muted:
+            badge_w = min(inner.w // 3, 3 * bar_h)
+            x0 = inner.x + inner.w - badge_w
+            canvas[inner.y: inner.y + bar_h, x0: inner.x + inner.w] = MUTED_BGR
+            cv2.putText(canvas, "muted", (x0 + 3, inner.y + bar_h - max(2, bar_h // 4)),
+                        cv2.FONT_HERSHEY_SIMPLEX, bar_h / 36, LABEL_TEXT_BGR, 1, cv2.LINE_AA)
+    body = Rect(inner.x, inner.y + bar_h, inner.w, max(1, inner.h - bar_h))
+    if image is None:
+        canvas[body.y: body.y + body.h, body.x: body.x + body.w] = fill
+    else:
+        image = _as_bgr(image)
+        spot = fit_rect(image.shape[1], image.shape[0], body)
+        canvas[spot.y: spot.y + spot.h, spot.x: spot.x + spot.w] = resize_to(image, spot.w, spot.h)
+    if active:
+        cv2.rectangle(canvas, (inner.x, inner.y), (inner.x + inner.w - 1, inner.y + inner.h - 1),
+                      ACTIVE_SPEAKER_BGR, ACTIVE_BORDER_PX)
+
+
+def render_meeting(
+    people: Sequence[Participant],
+    canvas_w: int,
+    canvas_h: int,
+    *,
+    stage: tuple[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The meeting's gallery: a BGR uint8 array of shape ``(canvas_h, canvas_w, 3)``.
+
+    One tile per participant of ``people`` (in order), labelled with the nick on a video
+    label bar, a muted badge, a dark body when the video is off, the active speaker's border.
+    ``stage`` is ``(label, image)`` of a screen share, shown large on the left (Jitsi's stage
+    view) while the tiles move to a strip on the right. Raises ValueError for a bad image.
+    """
+    canvas = np.zeros((canvas_h, canvas_w, 3), np.uint8)
+    stage_rect, rects = meeting_layout(len(people), canvas_w, canvas_h, stage=stage is not None)
+    if stage is not None and stage_rect is not None:
+        _draw_tile(canvas, stage_rect, stage[0], KIND_COLOURS_BGR["screen"], stage[1])
+    for person, rect in zip(people, rects, strict=True):
+        _draw_tile(
+            canvas, rect, person.nick, KIND_COLOURS_BGR["video"],
+            None if person.video_off else person.image,
+            fill=VIDEO_OFF_BGR if person.video_off else WAITING_BGR,
+            muted=person.muted, active=person.active,
+        )
+    return canvas

@@ -52,6 +52,8 @@ from .messages import (
     SetTopic,
     Welcome,
 )
+from . import games as games  # registers the game messages (docs/protocol.md, "Games")
+from . import files as files  # registers the file messages (docs/protocol.md, "Files")
 
 __all__ = [
     "ALL_MESSAGES", "HEADER", "HEARTBEAT_TOPIC", "MEDIA_KINDS", "PROTOCOL_VERSION", "PUBLISHED",

@@ -136,12 +136,18 @@ def _spec(cls: type[m.Message]) -> tuple[_Field, ...]:
 _SPECS: dict[type, tuple[_Field, ...]] = {cls: _spec(cls) for cls in m.ALL_MESSAGES}
 _RECORDS: dict[str, type] = {"RoomEvent": m.RoomEvent}
 _PUBLISHED: set[type] = set(m.PUBLISHED) | {m.MediaFrame}
+_PAYLOADS: dict[type, tuple[str, int]] = {m.MediaFrame: ("payload", MAX_MEDIA_FRAME_BYTES)}
+"""Classes whose last field travels as its own raw frame after the body: field name and the
+largest payload decoded. A registered class opts in with ``PAYLOAD_FIELD`` and
+``MAX_PAYLOAD_BYTES`` class attributes."""
 
 
 def register(*classes: type, published: bool = False) -> None:
     """Add message classes (with a ``COMMAND``) or nested record dataclasses (without) to the
     codec, for the protocol's feature modules (games, files). A published message class must
-    have a ``topic() -> bytes`` method and ``published=True``.
+    have a ``topic() -> bytes`` method and ``published=True``. A message class with a
+    ``PAYLOAD_FIELD`` class attribute (a ``bytes`` field's name) and ``MAX_PAYLOAD_BYTES``
+    carries that field as a raw frame after the body, as MediaFrame's payload.
 
     Raises :class:`LocalProtocolError` for a command or record name already taken.
     """
@@ -156,14 +162,18 @@ def register(*classes: type, published: bool = False) -> None:
                 raise LocalProtocolError(f"record {cls.__name__} is already registered")
             _RECORDS[cls.__name__] = cls
         _SPECS[cls] = _spec(cls)
+        payload_field = getattr(cls, "PAYLOAD_FIELD", "")
+        if command and payload_field:
+            _PAYLOADS[cls] = (payload_field, int(getattr(cls, "MAX_PAYLOAD_BYTES", 0)))
         if published:
             _PUBLISHED.add(cls)
 
 
 def _to_wire(message: m.Message) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    skip = _PAYLOADS.get(type(message), ("payload",))[0]
     for f in _SPECS[type(message)]:
-        if f.name == "payload":
+        if f.name == "payload" or f.name == skip:
             continue
         value = getattr(message, f.name)
         if f.kind.startswith("list:") and f.kind[5:] in _RECORDS:
@@ -185,8 +195,9 @@ def _from_wire(cls: type, body: Any, req_id: int = 0) -> Any:
     if type(body) is not dict:
         _fail(f"{name} body is not a map", req_id)
     values: dict[str, Any] = {}
+    skip = _PAYLOADS.get(cls, ("payload",))[0]
     for f in _SPECS[cls]:
-        if f.name == "payload":
+        if f.name == "payload" or f.name == skip:
             continue
         if f.wire not in body:
             if f.required:
@@ -256,7 +267,8 @@ def _peek_req_id(body: bytes) -> int:
 
 def encode(message: m.Message) -> list[bytes]:
     """Frames of ``message`` without a topic: ``[header, command, body]``, plus ``payload``
-    for a :class:`~zmeet.protocol.messages.MediaFrame`.
+    for a :class:`~zmeet.protocol.messages.MediaFrame` (and the ``PAYLOAD_FIELD`` of a
+    registered class that has one).
 
     Raises :class:`LocalProtocolError` if ``message`` is not a zmeet message or msgpack cannot
     pack a field (a str with lone surrogates, an int out of 64-bit range). Field types are
@@ -269,8 +281,9 @@ def encode(message: m.Message) -> list[bytes]:
     except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
     frames = [HEADER, message.COMMAND, body]
-    if isinstance(message, m.MediaFrame):
-        frames.append(message.payload)
+    payload = _PAYLOADS.get(type(message))
+    if payload is not None:
+        frames.append(getattr(message, payload[0]))
     return frames
 
 
@@ -313,6 +326,7 @@ def decode(frames: Sequence[Buffer], *, max_body_bytes: int = _MAX_BODY_BYTES) -
         shown = command[:32].decode("ascii", "replace")
         _fail(f"unknown command {shown!r}", _peek_req_id(body), code=ErrorCode.UNKNOWN_COMMAND)
     is_media = cls is m.MediaFrame
+    payload_spec = _PAYLOADS.get(cls)
     limit = MAX_MEDIA_META_BYTES if is_media else max_body_bytes
     if len(body) > limit:
         _fail(
@@ -320,8 +334,9 @@ def decode(frames: Sequence[Buffer], *, max_body_bytes: int = _MAX_BODY_BYTES) -
             _peek_req_id(body[:4096]),
             code=ErrorCode.MESSAGE_TOO_LARGE,
         )
-    if n != (4 if is_media else 3):
-        _fail(f"{command.decode()} has {n} frames, expected {4 if is_media else 3}")
+    expected = 3 if payload_spec is None else 4
+    if n != expected:
+        _fail(f"{command.decode()} has {n} frames, expected {expected}")
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types for bad input: all mean the same
@@ -330,13 +345,15 @@ def decode(frames: Sequence[Buffer], *, max_body_bytes: int = _MAX_BODY_BYTES) -
     if type(raw) is dict and type(raw.get("req_id")) is int and 0 < raw["req_id"] <= MAX_REQ_ID:
         req_id = raw["req_id"]
     message = _from_wire(cls, raw, req_id)
-    if is_media:
+    if payload_spec is not None:
+        name, max_payload = payload_spec
         payload = frames[3]
         if not isinstance(payload, bytes | bytearray | memoryview):
-            _fail("payload must be bytes")
-        if len(payload) > MAX_MEDIA_FRAME_BYTES:
-            _fail("media payload is over MAX_MEDIA_FRAME_BYTES", code=ErrorCode.MESSAGE_TOO_LARGE)
-        message = dataclasses.replace(message, payload=payload)  # type: ignore[type-var]
+            _fail("payload must be bytes", req_id)
+        if len(payload) > max_payload:
+            _fail(f"{command.decode()} payload of {len(payload)} bytes is over the limit of "
+                  f"{max_payload}", req_id, code=ErrorCode.MESSAGE_TOO_LARGE)
+        message = dataclasses.replace(message, **{name: payload})  # type: ignore[arg-type]
     return message
 
 

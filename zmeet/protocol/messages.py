@@ -19,8 +19,9 @@ ROOM_EVENT_TYPES = ("chat", "join", "leave", "gone", "topic")
 member's heartbeats stopped, room topic changed. A receiver accepts any other short type too
 (forward compatibility) and shows it generically."""
 
-MEDIA_KINDS = ("video", "screen", "audio")
-"""``MediaFrame.kind`` values."""
+MEDIA_KINDS = ("video", "screen", "audio", "state")
+"""``MediaFrame.kind`` values: ``state`` is a participant's media state (codec ``json``:
+muted, video on, screen on), sent on every change and once a second (docs/protocol.md)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,7 +146,7 @@ class RoomEvent(Message):
     ``seq`` is the room's sequence number (1, 2, ...), ``id`` a message id unique on this
     broker, ``ts_ms`` the broker's wall clock in milliseconds since the Unix epoch, ``sender``
     (``from`` on the wire) the nick the broker took from the connection. ``type`` is one of
-    :data:`ROOM_EVENT_TYPES`; ``text`` is the chat text, the new room topic, or the reason of a
+    :data:`ROOM_EVENT_TYPES` or a newer one (an open set: 1 to 32 of ``[a-z0-9-]``); ``text`` is the chat text, the new room topic, or the reason of a
     leave or gone.
     """
 
