@@ -206,6 +206,8 @@ def tail(ctx, room, nick, broker, connect_timeout_s, as_json, history, count, ti
 
     def emit(event, is_history=False) -> None:
         nonlocal printed
+        if not isinstance(event, RoomEvent | Notice):
+            return  # a challenge or file offer to this nick: not the room's, not tail's
         if as_json:
             click.echo(event_json(event, history=is_history))
         else:

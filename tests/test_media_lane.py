@@ -264,7 +264,9 @@ class _FakeViewer:
 
 
 def _published(sender: str, seq: int) -> list[bytes]:
-    frame = MediaFrame(room="room", kind="video", seq=seq, capture_ts_us=seq, pts_ms=seq,
+    # a real capture time: the subscriber drops frames much later than their stream's quickest
+    frame = MediaFrame(room="room", kind="video", seq=seq, capture_ts_us=time.time_ns() // 1000,
+                       pts_ms=seq,
                        width=1, height=1, fps=30.0, codec="jpeg", sender=sender,
                        payload=b"seq %d" % seq)
     return encode_published(frame)

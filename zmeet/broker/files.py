@@ -371,12 +371,9 @@ class FilesService(Service):
         would then sleep with requests waiting (zmq.green's fallback poll wakes it only after
         11.6 s). Reading ZMQ_EVENTS with the green socket's ``get`` (not ``getsockopt``, which
         skips zmq.green's override) re-checks the state and wakes it, as zmq.green does after
-        its own sends. TODO(lead): Broker.send_direct could do this itself.
+        its own sends. :meth:`Broker.send_direct` now does this itself.
         """
         self.broker.send_direct(session, message)
-        control = getattr(self.broker, "_control", None)
-        if control is not None and not control.closed:
-            control.get(zmq.EVENTS)
 
     def _may_see(self, info: pf.FileInfo, nick: str) -> bool:
         return bool(info.room) or nick in (info.sender, info.to)
@@ -664,10 +661,7 @@ class FilesService(Service):
         room = rooms.room(info.room)
         text = json.dumps({"id": info.id, "name": info.name, "size": info.size,
                            "sha256": info.sha256}, ensure_ascii=False)
-        # TODO(lead): a public Broker.post_event(room, type, nick, text) would replace these
-        # two private calls; the event is sequenced, stored, then published like a chat line.
-        event = rooms._event(room, pf.FILE_EVENT_TYPE, session.nick, text)
-        broker._publish_events([event])
+        broker.post_event(room.name, pf.FILE_EVENT_TYPE, session.nick, text)
 
     # download -------------------------------------------------------------------------------
 

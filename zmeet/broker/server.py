@@ -174,6 +174,7 @@ class Broker:
         self._by_token: dict[bytes, ClientSession] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
+        self._control_greenlet: gevent.Greenlet | None = None
         self.crashed = False
         self._batching = False
         self._pending_events: list[p.RoomEvent] = []
@@ -229,8 +230,9 @@ class Broker:
         self._events_raw = zmq.Socket.shadow(self._events.underlying)
         self._media_in_raw = zmq.Socket.shadow(self._media_in.underlying)
         self._media_out_raw = zmq.Socket.shadow(self._media_out.underlying)
+        self._control_greenlet = gevent.spawn(self._control_loop)
         self._greenlets = [
-            gevent.spawn(self._control_loop),
+            self._control_greenlet,
             gevent.spawn(self._media_loop),
             gevent.spawn(self._heartbeat_loop),
             gevent.spawn(self._tick_loop),
@@ -330,6 +332,12 @@ class Broker:
                     session.replies.pop(req_id, None)
             # a ROUTER drops what it cannot route (peer gone, queue full): never raises here
             _send(self._control_raw, [routing_id, *frames])
+        if out and gevent.getcurrent() is not self._control_greenlet:
+            # A send on the raw socket can consume the edge of the ZMQ_FD that the control
+            # greenlet waits on; it would then sleep with requests queued until zmq.green's
+            # fallback poll. Reading ZMQ_EVENTS through the green socket's get() re-checks
+            # the state and wakes it, as zmq.green does after its own sends.
+            self._control.get(zmq.EVENTS)
 
     def _on_control(self, frames: list[bytes]) -> None:
         routing_id, body = frames[0], frames[1:]
@@ -535,6 +543,14 @@ class Broker:
         self._pending_out.append((session.routing_id, p.encode(message), False, 0))
         if not self._batching:
             self._flush()
+
+    def post_event(self, room: str, type_: str, nick: str, text: str = "") -> p.RoomEvent:
+        """Make a room event of a feature's ``type_`` (``file``, ...) by ``nick`` in ``room``:
+        sequenced, stored, then published like a chat line. Raises ChatError INVALID_NAME."""
+        assert self.rooms is not None
+        event = self.rooms.post(room, type_, nick, text)
+        self._publish_events([event])
+        return event
 
     def publish(self, message: p.Message) -> None:
         """Publish a registered published message (not stored; room events use the chat path)."""

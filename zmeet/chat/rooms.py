@@ -203,6 +203,11 @@ class Rooms:
         room.topic = topic
         return self._event(room, "topic", nick, topic)
 
+    def post(self, name: str, type_: str, nick: str, text: str = "") -> RoomEvent:
+        """A room event of a feature's type (``file``, ...) in room ``name`` by ``nick``, with
+        the room's next sequence number. Raises INVALID_NAME."""
+        return self._event(self.room(name), type_, nick, text)
+
     def members(self, name: str) -> tuple[str, ...]:
         """Members of room ``name`` in join order."""
         return tuple(self.room(name).members)

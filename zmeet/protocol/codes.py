@@ -17,17 +17,26 @@ class ErrorCode(IntEnum):
     NO_SESSION = 401
     """A request other than HELLO came before HELLO (or after the session expired)."""
     NOT_MEMBER = 403
-    """The request names a room the client has not joined."""
+    """The request names a room the client has not joined (or a game or file it may not
+    touch)."""
+    NOT_FOUND = 404
+    """No such game, challenge, file, upload or download, or nobody holds the nick named."""
     UNKNOWN_COMMAND = 405
     """The command is not one this broker knows."""
     NICK_IN_USE = 409
     """Another client holds that nick."""
+    GONE = 410
+    """The game is over."""
+    PRECONDITION_FAILED = 412
+    """The rules refuse the move, or the game is in the wrong state for the request."""
     MESSAGE_TOO_LARGE = 413
     """A text, room topic or whole message is over its limit."""
     INVALID_NAME = 422
     """A nick or room name does not match its pattern."""
     VERSION_MISMATCH = 426
     """The header carries a protocol version this broker does not speak."""
+    NOT_YOUR_TURN = 425
+    """A move out of turn: wait for the opponent."""
     TOO_MANY = 429
     """Too many rooms joined, or history asked beyond MAX_HISTORY."""
     INTERNAL_ERROR = 500
