@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -488,11 +487,11 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
 # Feature modules add their commands to `main` and to ChatTerminal when imported:
 # (keep one import per line)
 from .meeting_controls import install as _install_meeting_controls  # noqa: E402
-_install_meeting_controls(ChatTerminal)  # /video, /screen, /mute, /unmute
-from . import games as _games  # noqa: E402,F401
-from . import files as _files  # noqa: E402,F401
-from . import bench as _bench  # noqa: E402,F401
 
+_install_meeting_controls(ChatTerminal)  # /video, /screen, /mute, /unmute
+from . import bench as _bench  # noqa: E402,F401
+from . import files as _files  # noqa: E402,F401
+from . import games as _games  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

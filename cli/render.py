@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from zmeet.client import Notice
 from zmeet.protocol import RoomEvent
 
-
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
 _CONTROL[0x09] = " "
 _CONTROL[0x0A] = " \u21b5 "  # a newline shows as a return arrow: no line can pose as another

@@ -9,7 +9,6 @@ import socket
 import pytest
 from click.testing import CliRunner
 from proc import ZMEET, Proc, start_broker
-
 from zmeet_cli.main import main
 
 pytestmark = pytest.mark.timeout(90)

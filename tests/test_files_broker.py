@@ -24,6 +24,7 @@ import zmq
 import zmq.green as zmq_green
 
 from zmeet import protocol as p
+from zmeet.broker.files import FilesService
 from zmeet.client.files import FileClient, TransferEvent
 from zmeet.errors import RequestRefused
 from zmeet.files import FileMissing, FileTooLarge, IntegrityError, TransferFailed
@@ -150,7 +151,8 @@ def test_a_file_goes_to_the_broker_once_and_to_each_receiver(broker, peer, tmp_p
     umask = os.umask(0o022)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not a private part
-    assert broker.services[-1].stats()["uploads_open"] == 0
+    (files,) = [s for s in broker.services if isinstance(s, FilesService)]
+    assert files.stats()["uploads_open"] == 0
 
 
 def test_200_mib_to_two_receivers_at_once(broker, peer, tmp_path):

@@ -300,7 +300,8 @@ def test_running_games_are_listed_and_history_survives_a_restart(make_broker, co
     bob.request(pg.Resign, game_id=game_id)
     next_state(wait_for, alice, game_id, lambda v: v.status == "over")
     assert bob.request(pg.ListGames).games == ()
-    assert broker.services[0].stats() == {"games_running": 0, "challenges_open": 0}
+    (games,) = [s for s in broker.services if isinstance(s, GamesService)]
+    assert games.stats() == {"games_running": 0, "challenges_open": 0}
     broker.stop()
     again = make_broker()  # same data_dir
     reader = connect("reader", again)

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
-import zmq
 
 from .. import protocol as p
 from ..chat import ChatError
@@ -119,7 +118,7 @@ def _hash_batch(hasher: Any, batch: list[tuple[int, bytes]]) -> None:
 
 
 def _not_found(reason: str) -> ChatError:
-    """ERROR 404 (:data:`zmeet.protocol.files.NOT_FOUND`), a code ErrorCode does not list."""
+    """ERROR 404 (``ErrorCode.NOT_FOUND``)."""
     return ChatError(pf.NOT_FOUND, reason)  # type: ignore[arg-type]
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Any
 import os
 import re
 import secrets
@@ -27,6 +26,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gevent
 import gevent.event
@@ -37,7 +37,6 @@ from .. import protocol as p
 from ..chat import ChatError, Rooms
 from ..protocol.limits import (
     DEFAULT_HISTORY,
-    HEADER,
     HEARTBEAT_INTERVAL_MS,
     HEARTBEAT_LIVENESS,
     MAX_CONTROL_FRAME_BYTES,
@@ -45,8 +44,8 @@ from ..protocol.limits import (
     MAX_MEDIA_FRAME_BYTES,
     MAX_MEDIA_META_BYTES,
     MAX_NICK_LENGTH,
-    MAX_ROOM_LENGTH,
     MAX_REQUEST_BYTES,
+    MAX_ROOM_LENGTH,
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
     MAX_TEXT_BYTES,

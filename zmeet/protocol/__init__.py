@@ -6,6 +6,8 @@ Imports neither gevent nor zmq: ``decode(frames) -> Message`` and ``encode(messa
 from __future__ import annotations
 
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from . import files as files  # registers the file messages (docs/protocol.md, "Files")
+from . import games as games  # registers the game messages (docs/protocol.md, "Games")
 from .codec import (
     HEARTBEAT_TOPIC,
     decode,
@@ -13,8 +15,8 @@ from .codec import (
     encode,
     encode_published,
     media_room_topic,
-    register,
     media_topic,
+    register,
     room_topic,
     topic_of,
 )
@@ -52,8 +54,6 @@ from .messages import (
     SetTopic,
     Welcome,
 )
-from . import games as games  # registers the game messages (docs/protocol.md, "Games")
-from . import files as files  # registers the file messages (docs/protocol.md, "Files")
 
 __all__ = [
     "ALL_MESSAGES", "HEADER", "HEARTBEAT_TOPIC", "MEDIA_KINDS", "PROTOCOL_VERSION", "PUBLISHED",

@@ -38,6 +38,7 @@ class ErrorCode(IntEnum):
     NOT_YOUR_TURN = 425
     """A move out of turn: wait for the opponent."""
     TOO_MANY = 429
-    """Too many rooms joined, or history asked beyond MAX_HISTORY."""
+    """Too many rooms, games, challenges or transfers at once, or a history or list asked
+    beyond its limit."""
     INTERNAL_ERROR = 500
     """The broker failed; it logged the cause and goes on serving."""

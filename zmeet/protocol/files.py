@@ -162,7 +162,8 @@ class FileGet(Request):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileCredit(Request):
     """Let download ``download`` have ``credit`` more chunks in flight. Reply: OK; or ERROR
-    404 (the download ended or is not this session's), 400 (credit below 1)."""
+    400 (credit below 1); credit for a download that ended or is another session's is
+    ignored (OK)."""
 
     COMMAND: ClassVar[bytes] = b"FILE-CREDIT"
     download: str

@@ -104,7 +104,7 @@ class GameRecord:
 class Challenge(Request):
     """Challenge ``opponent`` (or, with ``bot``, the broker's bot) to a ``game`` with
     ``options`` (missing ones take their defaults) and a move time-out. Reply: CHALLENGE-SENT;
-    ERROR 400, 404 (not online), 429."""
+    ERROR 400, 404 (not online), 422 (invalid opponent nick), 429."""
 
     COMMAND: ClassVar[bytes] = b"CHALLENGE"
     game: str
