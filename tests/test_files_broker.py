@@ -22,6 +22,7 @@ import msgpack
 import pytest
 import zmq
 import zmq.green as zmq_green
+from filetools import MiB, make_file, sha256_path
 
 from zmeet import protocol as p
 from zmeet.broker.files import FilesService
@@ -33,27 +34,11 @@ from zmeet.protocol.limits import HEADER
 
 pytestmark = pytest.mark.timeout(60)
 
-MiB = 1024 * 1024
 WAIT_S = 10.0
 
 
-def make_file(path: Path, size: int) -> Path:
-    """``size`` random octets at ``path`` (1 MiB blocks: fast and bounded in memory)."""
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(MiB, left)
-            f.write(os.urandom(n))
-            left -= n
-    return path
 
 
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MiB):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Peer:

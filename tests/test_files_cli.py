@@ -9,15 +9,14 @@ keeps it under way long enough).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import signal
 from pathlib import Path
 
 import gevent
 import pytest
 from click.testing import CliRunner
+from filetools import MiB, make_file, sha256_path
 from proc import ZMEET, Proc, start_broker
 
 from zmeet import protocol as p
@@ -25,21 +24,10 @@ from zmeet.protocol import files as pf
 
 pytestmark = pytest.mark.timeout(90)
 
-MiB = 1024 * 1024
 
 
-def make_file(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(MiB, left)
-            f.write(os.urandom(n))
-            left -= n
-    return path
 
 
-def sha256_path(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def zmeet(*args: str, broker: str, nick: str, cwd: Path | None = None,
