@@ -8,11 +8,7 @@ bounded number of times, and fails with the last one's figures.
 
 from __future__ import annotations
 
-import os
-import select
-import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import numpy as np
 import pytest
 from proc import ZMEET, Proc, start_broker
 from test_audio import _alsa_home
+from xvfb import xvfb_display
 
 from zmeet.media import KIND_COLOURS_BGR
 from zmeet.media.tiling import LABEL_BAR_PX, MUTED_BGR, VIDEO_OFF_BGR, meeting_layout
@@ -34,41 +31,10 @@ KNOWN_BGR = (40, 200, 240)
 SHOTS = 60  # screenshots taken at most per expectation
 
 
-def _start_xvfb(log_path: Path) -> tuple[subprocess.Popen, str]:
-    if shutil.which("Xvfb") is None:
-        pytest.fail("Xvfb is not installed (apt-get install xvfb)")
-    read_fd, write_fd = os.pipe()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24",
-             "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,), stdout=log, stderr=log)
-    os.close(write_fd)
-    answer = b""
-    deadline = time.monotonic() + 20
-    try:
-        while not answer.endswith(b"\n"):
-            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(read_fd, 16) if ready else b""
-            if not chunk:
-                proc.kill()
-                proc.wait(timeout=10)
-                pytest.fail("Xvfb did not start")
-            answer += chunk
-    finally:
-        os.close(read_fd)
-    return proc, f":{int(answer)}"
-
-
 @pytest.fixture
 def xvfb(tmp_path: Path) -> Iterator[str]:
-    proc, display = _start_xvfb(tmp_path / "xvfb.log")
-    yield display
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    with xvfb_display(tmp_path / "xvfb.log", SCREEN_W, SCREEN_H) as display:
+        yield display
 
 
 def _near(image: np.ndarray, bgr: tuple[int, int, int], tol: int = 30) -> int:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.green as zmq_green
+from xvfb import xvfb_display
 
 from zmeet.client.media import SUBSCRIBE_RCVHWM, MediaSubscriber, Meeting
 from zmeet.client.session import Session
@@ -76,47 +75,12 @@ def make_meeting(make_session: Callable[..., Session]) -> Iterator[Callable[...,
         meeting.stop()
 
 
-def _start_xvfb(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Xvfb on a display number it chooses; ``-displayfd`` writes the number once it is ready."""
-    if shutil.which("Xvfb") is None:
-        pytest.fail("Xvfb is not installed (apt-get install xvfb)")
-    read_fd, write_fd = os.pipe()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24",
-             "-nolisten", "tcp", "-noreset"],
-            pass_fds=(write_fd,), stdout=log, stderr=log,
-        )
-    os.close(write_fd)
-    answer = b""
-    deadline = time.monotonic() + 20
-    try:
-        while not answer.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([read_fd], [], [], max(0.0, remaining))
-            chunk = os.read(read_fd, 16) if ready else b""
-            if not chunk:
-                proc.kill()
-                proc.wait(timeout=10)
-                pytest.fail(f"Xvfb did not start: {log_path.read_text(errors='replace')[-500:]}")
-            answer += chunk
-    finally:
-        os.close(read_fd)
-    return proc, f":{int(answer)}"
-
-
 @pytest.fixture
 def xvfb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A private Xvfb screen; DISPLAY points at it for this test only."""
-    proc, display = _start_xvfb(tmp_path / "xvfb.log")
-    monkeypatch.setenv("DISPLAY", display)
-    yield display
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    with xvfb_display(tmp_path / "xvfb.log", SCREEN_W, SCREEN_H) as display:
+        monkeypatch.setenv("DISPLAY", display)
+        yield display
 
 
 def paint_root(tmp_path: Path, colour_bgr: tuple[int, int, int]) -> None:

@@ -72,6 +72,20 @@ def default_codec() -> str:
     return "opus" if opus_available() else "pcm"
 
 
+def _opus_context(mode: str) -> Any:
+    """A PyAV libopus codec context for 48 kHz mono s16, ``mode`` "w" (encode) or "r"
+    (decode). Raises :class:`DeviceError` without PyAV."""
+    if not opus_available():
+        raise DeviceError("Opus needs PyAV: pip install av")
+    import av
+
+    ctx = av.CodecContext.create("libopus", mode)
+    ctx.sample_rate = SAMPLE_RATE_HZ
+    ctx.layout = "mono"
+    ctx.format = "s16"
+    return ctx
+
+
 class AudioEncoder:
     """Encodes 20 ms blocks with ``codec`` (``"opus"`` at ``bitrate_bps``, or ``"pcm"``).
 
@@ -88,14 +102,7 @@ class AudioEncoder:
         self._ctx: Any = None
         self._pts = 0
         if codec == "opus":
-            if not opus_available():
-                raise DeviceError("Opus needs PyAV: pip install av")
-            import av
-
-            ctx = av.CodecContext.create("libopus", "w")
-            ctx.sample_rate = SAMPLE_RATE_HZ
-            ctx.layout = "mono"
-            ctx.format = "s16"
+            ctx = _opus_context("w")
             ctx.bit_rate = bitrate_bps
             ctx.options = {"application": "voip", "frame_duration": str(AUDIO_PTIME_MS)}
             ctx.open()
@@ -127,15 +134,7 @@ class AudioDecoder:
         self.codec = codec
         self._ctx: Any = None
         if codec == "opus":
-            if not opus_available():
-                raise DeviceError("Opus needs PyAV: pip install av")
-            import av
-
-            ctx = av.CodecContext.create("libopus", "r")
-            ctx.sample_rate = SAMPLE_RATE_HZ
-            ctx.layout = "mono"
-            ctx.format = "s16"
-            self._ctx = ctx
+            self._ctx = _opus_context("r")
 
     def decode(self, payload: bytes | memoryview) -> np.ndarray:
         if self.codec == "pcm":
