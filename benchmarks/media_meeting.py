@@ -136,9 +136,22 @@ def meeting(participants: int, seconds: float) -> dict:
 
 
 # --- forwarding ------------------------------------------------------------------------------
+#
+# The same sender and receiver, in this process, take turns with two forwarders, each in its own
+# process with its own ZeroMQ context: the zmeet broker's media lane, and a bare ``zmq.proxy``
+# from a ROUTER to a PUB with the broker's high-water marks (so both drop alike when a queue is
+# full). Rounds alternate (broker, proxy, broker, ...) so that load from elsewhere on the machine
+# falls on both; the figures are the medians. A round's rate is payload-frame bytes delivered
+# over the time from the first delivered frame to the last.
+
+PROBE_PAYLOAD_BYTES = 16
+"""Probe frames (sent until one arrives: the subscription is live) are this small and not counted."""
+
+FORWARD_ROUNDS = 3
 
 
-def _receive(endpoint: str, count: int, out: dict, ready: threading.Event) -> None:
+def _receive(endpoint: str, count: int, out: dict, ready: threading.Event,
+             live: threading.Event) -> None:
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -149,80 +162,103 @@ def _receive(endpoint: str, count: int, out: dict, ready: threading.Event) -> No
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     t0 = t_last = 0.0
-    while got < count and poller.poll(3000):
+    while got < count and poller.poll(2000):
         parts = sub.recv_multipart(copy=False)
+        if len(parts[-1]) <= PROBE_PAYLOAD_BYTES:
+            live.set()
+            continue
         t_last = time.perf_counter()
         if not got:
             t0 = t_last
         got += 1
-        nbytes += sum(len(f) for f in parts)
-    out.update(got=got, mb_s=nbytes / max(1e-9, t_last - t0) / 1e6 if got > 1 else 0.0)
+        nbytes += len(parts[-1])
+    out.update(delivered=got, mb_s=nbytes / max(1e-9, t_last - t0) / 1e6 if got > 1 else 0.0)
     sub.close(0)
 
 
-def _send(endpoint: str, identity: bytes, frames: list[bytes], count: int) -> None:
+def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[bytes],
+                   probe: list[bytes], count: int) -> dict:
     ctx = zmq.Context.instance()
+    out: dict = {}
+    ready, live = threading.Event(), threading.Event()
+    recv = threading.Thread(target=_receive, args=(media_out, count, out, ready, live))
+    recv.start()
+    ready.wait(5)
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.IDENTITY, identity)
     dealer.setsockopt(zmq.SNDHWM, 100_000)
-    dealer.connect(endpoint)
+    dealer.connect(media_in)
+    for _ in range(500):  # until the subscription is live: an event, not a sleep
+        dealer.send_multipart(probe)
+        if live.wait(0.01):
+            break
     for _ in range(count):
         dealer.send_multipart(frames, copy=False)
-    dealer.close(linger=5000)
+    recv.join(60)
+    dealer.close(linger=0)
+    out["sent"] = count
+    return out
 
 
-def forwarding(count: int = FORWARD_FRAMES) -> dict:
-    """MB/s out of the broker's media lane, and out of a bare ROUTER->PUB zmq.proxy."""
+def _bare_proxy_process() -> None:
+    """``--bare-proxy``: ROUTER -> PUB ``zmq.proxy`` with the broker's media-lane options."""
+    from zmeet.broker.server import MEDIA_IN_HWM, MEDIA_OUT_HWM
+
+    ctx = zmq.Context()
+    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    front.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
+    back.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
+    fport = front.bind_to_random_port("tcp://127.0.0.1")
+    bport = back.bind_to_random_port("tcp://127.0.0.1")
+    print(json.dumps({"media_in": f"tcp://127.0.0.1:{fport}",
+                      "media_out": f"tcp://127.0.0.1:{bport}"}), flush=True)
+    zmq.proxy(front, back)  # until terminated
+
+
+def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dict:
+    """MB/s delivered through the broker's media lane and through a bare ROUTER->PUB proxy
+    (each in its own process, the same socket options), alternating ``rounds`` times."""
     from benchmarks.common import broker_process
     from zmeet import protocol as p
     from zmeet.client.session import Session
 
-    payload = bytes(FORWARD_PAYLOAD_BYTES)
-    frame = p.MediaFrame(room=ROOM, kind="video", seq=0, capture_ts_us=1, pts_ms=0, width=1280,
-                         height=720, fps=30.0, codec="jpeg", payload=payload)
-    frames = p.encode(frame)
-    result = {}
-    with broker_process() as (endpoints, _broker):
-        control = endpoints["control"]
-        session = Session(control, "sender", timeout_s=30)
-        session.connect()
-        session.join(ROOM, history=0)
-        out: dict = {}
-        ready = threading.Event()
-        recv = threading.Thread(target=_receive, args=(session.endpoints["media_out"], count,
-                                                       out, ready))
-        recv.start()
-        ready.wait(5)
-        # the subscription must be live before counting: probe until the first one arrives
-        _send(session.endpoints["media_in"], session.welcome.media_token, frames, 50)
-        _send(session.endpoints["media_in"], session.welcome.media_token, frames, count)
-        recv.join(60)
-        session.close()
-        result["broker"] = out
-    ctx = zmq.Context.instance()
-    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
-    fport = front.bind_to_random_port("tcp://127.0.0.1")
-    bport = back.bind_to_random_port("tcp://127.0.0.1")
-    proxy = threading.Thread(target=lambda: _proxy(front, back), daemon=True)
-    proxy.start()
-    out = {}
-    ready = threading.Event()
-    recv = threading.Thread(target=_receive, args=(f"tcp://127.0.0.1:{bport}", count, out, ready))
-    recv.start()
-    ready.wait(5)
-    _send(f"tcp://127.0.0.1:{fport}", b"probe", frames, 50)  # distinct ids: ROUTER refuses a
-    _send(f"tcp://127.0.0.1:{fport}", b"sender", frames, count)  # second peer with one id
-    recv.join(60)
-    result["bare_proxy"] = out
-    result["ratio"] = result["broker"]["mb_s"] / max(1e-9, out["mb_s"])
-    return result
+    def frame(nbytes: int) -> list[bytes]:
+        return p.encode(p.MediaFrame(
+            room=ROOM, kind="video", seq=0, capture_ts_us=1, pts_ms=0, width=1280, height=720,
+            fps=30.0, codec="jpeg", payload=bytes(nbytes)))
 
-
-def _proxy(front: zmq.Socket, back: zmq.Socket) -> None:
+    frames, probe = frame(FORWARD_PAYLOAD_BYTES), frame(PROBE_PAYLOAD_BYTES)
+    runs: dict[str, list[dict]] = {"broker": [], "bare_proxy": []}
+    proxy = subprocess.Popen([sys.executable, "-m", "benchmarks.media_meeting", "--bare-proxy"],
+                             stdout=subprocess.PIPE, text=True)
     try:
-        zmq.proxy(front, back)
-    except zmq.ContextTerminated:
-        pass
+        proxy_endpoints = json.loads(proxy.stdout.readline())
+        with broker_process() as (endpoints, broker):
+            session = Session(endpoints["control"], "sender", timeout_s=30)
+            session.connect()
+            session.join(ROOM, history=0)
+            try:
+                for _ in range(rounds):
+                    runs["broker"].append(_forward_round(
+                        session.endpoints["media_in"], session.endpoints["media_out"],
+                        session.welcome.media_token, frames, probe, count))
+                    runs["bare_proxy"].append(_forward_round(
+                        proxy_endpoints["media_in"], proxy_endpoints["media_out"],
+                        b"sender", frames, probe, count))
+            finally:
+                session.close()
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    result: dict = {"payload_bytes": FORWARD_PAYLOAD_BYTES, "frames_per_round": count}
+    for name, rs in runs.items():
+        result[name] = {
+            "mb_s": float(np.median([r["mb_s"] for r in rs])),
+            "delivered_fraction": float(np.median([r["delivered"] / r["sent"] for r in rs])),
+            "rounds_mb_s": [round(r["mb_s"], 1) for r in rs],
+        }
+    result["ratio"] = result["broker"]["mb_s"] / max(1e-9, result["bare_proxy"]["mb_s"])
+    return result
 
 
 def main() -> None:
@@ -231,7 +267,11 @@ def main() -> None:
     ap.add_argument("--control")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--participants", type=int, default=4)
+    ap.add_argument("--bare-proxy", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare_proxy:
+        _bare_proxy_process()
+        return
     if args.participant:
         participant(args.control, args.participant, args.seconds)
         return

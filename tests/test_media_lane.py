@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import gevent
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -30,7 +32,8 @@ from zmeet.client.session import Session
 from zmeet.devices import Recorder, ScreenSource, VideoFileSource, decode_jpeg, encode_jpeg
 from zmeet.errors import DeviceError, RemoteProtocolError
 from zmeet.media import KIND_COLOURS_BGR
-from zmeet.protocol import MediaFrame, encode_published
+from zmeet.protocol import HEADER, MediaFrame, decode_published, encode_published
+from zmeet.protocol.limits import MAX_MEDIA_META_BYTES
 
 pytestmark = pytest.mark.media
 
@@ -206,6 +209,83 @@ def test_frames_stay_in_their_room(make_session, make_meeting) -> None:
     # nothing of the other room reached bob's socket at all, not even to be filtered
     assert bob_stats["dropped"]["foreign_room"] == 0
     assert dave_stats["dropped"]["foreign_room"] == 0
+
+
+def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_session) -> None:
+    """The media fast path (docs/protocol.md, 3.9): the broker reads only what routing needs,
+    forwards the meta octets untouched under a topic that names the sender, and drops (and
+    counts) anything else, from a spoofed ``from`` to a missing payload."""
+    alice = make_session("alice", "room")
+    make_session("bob", "room")
+    ctx = zmq_green.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"media/")
+    sub.connect(alice.endpoints["media_out"])
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.IDENTITY, alice.welcome.media_token)
+    dealer.connect(alice.endpoints["media_in"])
+    stranger = ctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.setsockopt(zmq.IDENTITY, b"m" + b"x" * 15)
+    stranger.connect(alice.endpoints["media_in"])
+    try:
+        fields = {"room": "room", "kind": "video", "seq": 0, "capture_ts_us": 1, "pts_ms": 0,
+                  "width": 1, "height": 1, "fps": 1.0, "codec": "jpeg", "x-extra": [1, 2]}
+
+        def meta(**changes) -> bytes:
+            return msgpack.packb({**fields, **changes})
+
+        def recv_one() -> list[bytes]:
+            with gevent.Timeout(WAIT_S):
+                return sub.recv_multipart()
+
+        # the subscription is live once a probe comes back (never a sleep)
+        with gevent.Timeout(WAIT_S):
+            while True:
+                dealer.send_multipart([HEADER, b"FRAME", meta(), b"probe"])
+                if sub.poll(50):
+                    break
+        while sub.poll(200):
+            sub.recv_multipart()
+        dropped_before = broker.stats["media_dropped"]
+        bad = [
+            [HEADER, b"FRAME", meta(**{"from": "bob"}), b"spoofed sender"],
+            [HEADER, b"FRAME", meta(kind="smell"), b"unknown kind"],
+            [HEADER, b"FRAME", meta(room="other"), b"not a member"],
+            [HEADER, b"FRAME", meta(room=7), b"room not a string"],
+            [HEADER[:-1] + b"\x09", b"FRAME", meta(), b"another version"],
+            [HEADER, b"SAY", meta(), b"another command"],
+            [HEADER, b"FRAME", meta()],
+            [HEADER, b"FRAME", meta(), b"one", b"too many"],
+            [HEADER, b"FRAME", b"\xc1", b"not msgpack"],
+            [HEADER, b"FRAME", msgpack.packb(["room", "video"]), b"not a map"],
+            [HEADER, b"FRAME", meta(pad="x" * MAX_MEDIA_META_BYTES), b"meta too large"],
+        ]
+        for frames in bad:
+            dealer.send_multipart(frames)
+        stranger.send_multipart([HEADER, b"FRAME", meta(), b"unknown token"])
+        good_meta = meta(seq=1)
+        dealer.send_multipart([HEADER, b"FRAME", good_meta, b"good"])
+        topic, header, command, got_meta, payload = recv_one()
+        assert payload == b"good"  # sent last on the same connection: every bad one was seen
+        assert (topic, header, command) == (b"media/room/alice/video", HEADER, b"FRAME")
+        assert got_meta == good_meta  # untouched, unknown key and all
+        _, frame = decode_published([topic, header, command, got_meta, payload])
+        assert frame.sender == "alice" and frame.seq == 1
+
+        def all_dropped() -> bool:
+            return broker.stats["media_dropped"] - dropped_before == len(bad) + 1
+
+        # the stranger's connection is not ordered with alice's: wait for its drop too
+        with gevent.Timeout(WAIT_S):
+            while not all_dropped():
+                gevent.sleep(0.01)  # polling a counter the broker's greenlet updates
+        assert not sub.poll(0)
+    finally:
+        for sock in (sub, dealer, stranger):
+            sock.close(linger=0)
 
 
 class _FakeSession:

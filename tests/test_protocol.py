@@ -174,7 +174,11 @@ def test_generated_messages_round_trip(cls):
     @given(message_strategy(cls))
     def check(message):
         assert p.decode(p.encode(message)) == message
-        if cls in p.PUBLISHED + (p.MediaFrame,):
+        if cls is p.MediaFrame and not p.is_valid_nick(message.sender):
+            # a media topic names its sender, which only a valid nick can be
+            with pytest.raises(RemoteProtocolError):
+                p.decode_published(p.encode_published(message))
+        elif cls in p.PUBLISHED + (p.MediaFrame,):
             assert p.decode_published(p.encode_published(message)) == (
                 p.topic_of(message), message)
 
@@ -408,6 +412,26 @@ def test_decode_published_checks_topic_and_lane():
         p.decode_published(p.encode(_EVENT))  # no topic frame
     with pytest.raises(RemoteProtocolError):
         p.decode_published([])
+
+
+def test_a_media_frame_takes_its_sender_from_the_topic():
+    """The broker stamps the sender in the topic only (docs/protocol.md, 3.9)."""
+    frame = p.MediaFrame(room="lobby", kind="video", seq=1, capture_ts_us=2, pts_ms=3, width=4,
+                         height=5, fps=6.0, codec="jpeg", payload=b"jpeg")
+    wire = p.encode(frame)  # as a client sends it: from empty
+    topic, got = p.decode_published([p.media_topic("lobby", "alice", "video"), *wire])
+    assert topic == b"media/lobby/alice/video"
+    assert got.sender == "alice" and bytes(got.payload) == b"jpeg"
+    assert dataclasses.replace(got, payload=b"jpeg") == dataclasses.replace(frame, sender="alice")
+    stamped = p.encode_published(dataclasses.replace(frame, sender="alice"))
+    assert p.decode_published(stamped)[1].sender == "alice"  # from equal to the topic's: fine
+    for bad_topic in (b"media/lobby/alice/screen", b"media/other/alice/video",
+                      b"media/lobby/al/ice/video", b"media/lobby//video", b"room/lobby/",
+                      b"media/lobby/\xff/video"):
+        with pytest.raises(RemoteProtocolError):
+            p.decode_published([bad_topic, *wire])
+    with pytest.raises(RemoteProtocolError, match="from"):
+        p.decode_published([p.media_topic("lobby", "mallory", "video"), *stamped[1:]])
 
 
 # --- fuzzing: RemoteProtocolError and nothing else ------------------------------------------

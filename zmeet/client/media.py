@@ -4,7 +4,7 @@ Sockets, driven by gevent and ``zmq.green`` (docs/protocol.md, "Media lane"):
 
 - :class:`MediaPublisher`: a DEALER whose routing id is ``Welcome.media_token``, connected to
   the broker's ``media_in`` ROUTER. It sends ``[header, "FRAME", meta, payload]``; the broker
-  stamps the sender and publishes to the room. Every send is ``NOBLOCK`` with a small
+  forwards it to the room under the topic ``media/<room>/<sender>/<kind>``. Every send is ``NOBLOCK`` with a small
   ``SNDHWM``: a frame that does not fit is dropped and counted, so no backlog ever builds.
 - :class:`MediaSubscriber`: a SUB on the broker's ``media_out`` PUB, subscribed to
   ``media/<room>/`` for each room. One greenlet owns it: it waits once on the green socket,

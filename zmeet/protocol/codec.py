@@ -32,6 +32,7 @@ from .limits import (
     MAX_REQ_ID,
     PROTOCOL_VERSION,
     SIGNATURE,
+    is_valid_nick,
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -373,6 +374,30 @@ def decode_published(frames: Sequence[Buffer]) -> tuple[bytes, m.Message]:
     message = decode(frames[1:])
     if type(message) not in _PUBLISHED:
         _fail(f"{message.COMMAND.decode()} is not published")
+    if type(message) is m.MediaFrame:
+        return topic, _stamped_media(topic, message)
     if topic_of(message) != topic:
         _fail("topic does not match the message")
     return topic, message
+
+
+def _stamped_media(topic: bytes, frame: m.MediaFrame) -> m.MediaFrame:
+    """``frame`` with ``sender`` taken from its topic ``media/<room>/<nick>/<kind>``.
+
+    The broker forwards a media frame's meta as the sender wrote it and stamps the sender
+    in the topic only (docs/protocol.md, 3.9), so the meta's ``from`` must be empty or the
+    topic's nick. Raises :class:`RemoteProtocolError` for a topic of another room or kind,
+    a bad nick, or a ``from`` that contradicts the topic.
+    """
+    prefix = media_room_topic(frame.room)
+    suffix = b"/" + frame.kind.encode()
+    if not (topic.startswith(prefix) and topic.endswith(suffix)):
+        _fail("topic does not match the message")
+    nick = topic[len(prefix) : len(topic) - len(suffix)].decode("ascii", "replace")
+    if not is_valid_nick(nick):
+        _fail("the media topic does not name a valid sender")
+    if frame.sender != nick:
+        if frame.sender:
+            _fail("the frame's from does not match its topic")
+        frame = dataclasses.replace(frame, sender=nick)
+    return frame

@@ -19,9 +19,11 @@ ROOM_EVENT_TYPES = ("chat", "join", "leave", "gone", "topic")
 member's heartbeats stopped, room topic changed. A receiver accepts any other short type too
 (forward compatibility) and shows it generically."""
 
-MEDIA_KINDS = ("video", "screen", "audio", "state")
-"""``MediaFrame.kind`` values: ``state`` is a participant's media state (codec ``json``:
-muted, video on, screen on), sent on every change and once a second (docs/protocol.md)."""
+MEDIA_KINDS = ("video", "thumb", "screen", "audio", "state")
+"""``MediaFrame.kind`` values: ``thumb`` is a small copy of the sender's ``video`` (the low
+layer of simulcast, for small tiles); ``state`` is a participant's media state (codec
+``json``: muted, video on, screen on), sent on every change and once a second
+(docs/protocol.md, 3.9)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,9 +271,10 @@ class MediaFrame(Message):
     ``seq`` counts this sender's frames of this kind from 0; ``capture_ts_us`` is the sender's
     wall clock at capture in microseconds since the Unix epoch; ``pts_ms`` the frame's position
     in its source (a video file's timeline, else time since capture started); ``width`` and
-    ``height`` in pixels; ``fps`` the rate the sender aims at. ``sender`` is empty from a client
-    and stamped by the broker. ``payload`` travels as its own frame and is never copied into
-    the metadata body.
+    ``height`` in pixels; ``fps`` the rate the sender aims at. ``sender`` is empty from a client;
+    the broker stamps the sender's nick in the PUB topic, and ``decode_published`` sets
+    ``sender`` from it. ``payload`` travels as its own frame and is never copied into the
+    metadata body.
     """
 
     COMMAND: ClassVar[bytes] = b"FRAME"
