@@ -127,6 +127,36 @@ def test_after_leave_the_room_is_not_delivered(connect, wait_for, chat):
     assert side in ([], [("leave", "alice")]), items
 
 
+def test_the_member_list_follows_joins_leaves_and_gones(broker, connect, wait_for, chat):
+    """JOINED's snapshot, then presence events in sequence order (the Clone pattern)."""
+    alice = connect("alice")
+    changes: list[tuple[str, tuple[str, ...]]] = []
+    alice.member_listeners.append(lambda room: changes.append((room, alice.members(room))))
+    bob = connect("bob")
+    bob.join("lobby")
+    alice.join("lobby")
+    assert alice.members("lobby") == ("bob", "alice")
+    carol = connect("carol")
+    carol.join("lobby")
+    dave = connect("dave")
+    dave.join("lobby")
+    bob.leave("lobby")
+    carol.close(bye=False)  # vanishes: the broker ends the session as if her pings were late
+    broker._end_session(broker.session_of("carol"), "gone", "dropped by the test")
+    dave.say("lobby", "marker")
+    wait_for(alice, chat("marker"))
+    assert alice.members("lobby") == ("alice", "dave")
+    assert changes == [
+        ("lobby", ("bob", "alice")),
+        ("lobby", ("bob", "alice", "carol")),
+        ("lobby", ("bob", "alice", "carol", "dave")),
+        ("lobby", ("alice", "carol", "dave")),
+        ("lobby", ("alice", "dave")),
+    ]
+    alice.leave("lobby")
+    assert alice.members("lobby") == () and changes[-1] == ("lobby", ())
+
+
 # --- gap fill ------------------------------------------------------------------------------------
 
 

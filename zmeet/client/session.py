@@ -97,6 +97,10 @@ class Session:
         """Callables given each WELCOME, the first and those after a reconnect (the media lane
         takes its new ``media_token`` from them)."""
         self.endpoints: dict[str, str] = {}
+        self.member_listeners: list = []
+        """Callables given a room's name each time its member list changes (see
+        :meth:`members`): the media lane subscribes to each member's streams from it."""
+        self._members: dict[str, dict[str, None]] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, gevent.event.AsyncResult] = {}
         self._rooms: dict[str, _RoomCursor] = {}
@@ -105,6 +109,7 @@ class Session:
         self._sub: zmq_green.Socket | None = None
         self._last_heartbeat = time.monotonic()
         self._closed = False
+        self._closing = False
         self._recovering = False
         self._lost = False
 
@@ -157,6 +162,7 @@ class Session:
         and close the sockets. Idempotent; never raises for a broker that went away."""
         if self._closed:
             return
+        self._closing = True  # no catch-up requests after BYE
         if bye and self.welcome is not None:
             try:
                 self.request(p.Bye, timeout_s=min(self.timeout_s, 2.0))
@@ -232,6 +238,7 @@ class Session:
         assert isinstance(joined, p.Joined)
         for event in joined.history:
             self.events.put(event)
+        self._set_members(room, joined.members)
         cursor.last_seq = joined.last_seq
         cursor.needs_sync = True
         pending, cursor.pending = cursor.pending, []
@@ -247,6 +254,40 @@ class Session:
     def _forget(self, room: str) -> None:
         if self._rooms.pop(room, None) is not None and self._sub is not None:
             self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(room))
+        if self._members.pop(room, None) is not None:
+            self._members_changed(room)
+
+    def members(self, room: str) -> tuple[str, ...]:
+        """The nicks in ``room`` (this one included), in join order, as this session knows
+        them: JOINED's snapshot, then every ``join``, ``leave`` and ``gone`` event in sequence
+        order (the Clone pattern's snapshot and updates). Empty for a room not joined."""
+        return tuple(self._members.get(room, ()))
+
+    def _set_members(self, room: str, members: Iterable[str]) -> None:
+        new = dict.fromkeys(members)
+        if list(new) != list(self._members.get(room, {})):
+            self._members[room] = new
+            self._members_changed(room)
+
+    def _members_changed(self, room: str) -> None:
+        for listener in list(self.member_listeners):
+            try:
+                listener(room)
+            except Exception:
+                log.exception("a member listener failed for %s", room)
+
+    def _deliver(self, event: p.RoomEvent) -> None:
+        """Queue ``event``, the next in its room's sequence, and keep the member list."""
+        members = self._members.get(event.room)
+        if members is not None and event.type in ("join", "leave", "gone"):
+            present = event.sender in members
+            if event.type == "join" and not present:
+                members[event.sender] = None
+                self._members_changed(event.room)
+            elif event.type != "join" and present:
+                del members[event.sender]
+                self._members_changed(event.room)
+        self.events.put(event)
 
     def subscribe(self, topic: bytes) -> None:
         """Also receive published messages under ``topic`` (a prefix) on :attr:`events`."""
@@ -332,7 +373,7 @@ class Session:
             if event.seq <= (cursor.last_seq or 0):
                 return
         cursor.last_seq = event.seq
-        self.events.put(event)
+        self._deliver(event)
 
     def _sync_new_rooms(self) -> None:
         """Catch up rooms joined since the last heartbeat.
@@ -342,6 +383,8 @@ class Session:
         An event published in that window would otherwise wait for the next event to be
         noticed as a gap; here it is fetched at the first heartbeat after JOINED instead.
         """
+        if self._closing:
+            return
         for room, cursor in list(self._rooms.items()):
             if cursor.needs_sync and cursor.last_seq is not None:
                 cursor.needs_sync = False
@@ -356,13 +399,15 @@ class Session:
             try:
                 missing = self.history(room, start, min(MAX_HISTORY, upto_seq - start - 1))
             except (BrokerUnavailable, RequestRefused) as exc:
-                log.warning("could not fill the gap in %s before seq %d: %s", room, upto_seq, exc)
+                if self._closing:
+                    return
+                log.warning("could not fill the gap in %s after seq %d: %s", room, start, exc)
                 self.events.put(Notice("gap", f"#{room}: some events could not be fetched ({exc})"))
                 return
             for event in missing:
                 if cursor.last_seq < event.seq < upto_seq:
                     cursor.last_seq = event.seq
-                    self.events.put(event)
+                    self._deliver(event)
             if len(missing) < MAX_HISTORY or cursor.last_seq == start:
                 return  # the store has no more (or gave nothing new)
 
@@ -412,6 +457,7 @@ class Session:
                         self.events.put(Notice("left", f"#{room}: could not rejoin ({exc})"))
                         continue
                     assert isinstance(joined, p.Joined)
+                    self._set_members(room, joined.members)
                     if joined.last_seq < cursor.last_seq:
                         # the broker came back without this room's history: start over
                         cursor.last_seq = max(0, joined.last_seq - 1)
