@@ -2,18 +2,32 @@
 
 zmeet: a ``zmeet broker`` subprocess; ``zmeet send FILE --room bench --json`` uploads the file
 (a subprocess), then ``zmeet fetch ID --json`` downloads it (another). The rates come from the
-commands' own ``start`` and ``done`` events (the transfer, after the sender's SHA-256 pass),
-and, in ``*_wall``, from the whole command (start-up, hashing and verifying included).
+commands' own ``start`` and ``done`` events (the transfer and its SHA-256 check, after the
+sender's own SHA-256 pass), and, in ``*_wall``, from the whole command (start-up, hashing and
+verifying included).
+
 Baseline, in the same run: a plain TCP copy on loopback, one process reading the file and
-``sendall``-ing it in 1 MiB blocks, another receiving and writing it to a file, no hashing; run
-before and after zmeet (the page cache makes single runs vary), the mean is the baseline.
-Each phase starts after ``os.sync()``, so none pays for another's dirty pages.
+``sendall``-ing it in blocks of zmeet's chunk size (``FILE_CHUNK_BYTES``), another receiving
+and writing it to a file, no hashing; timed inside the processes from the connection to the
+written file's close (as zmeet's rates leave out start-up), and before it the file is read once
+untimed (as zmeet's sender hashes it before it sends).
+
+Each round is a TCP copy, an upload and a download, each through a fresh broker (its data
+directory is removed after the round); the report gives the median of the rounds and each
+round's figures. Before each timed phase: ``os.sync()``, so none pays for another's dirty pages,
+and :func:`prewarm`, so each phase writes its 1 GiB into memory the machine used a moment ago.
+On a VM whose host takes back memory the guest leaves idle (a balloon with free page
+reporting, or DAMON paging out idle pages), writing into memory untouched for a few seconds
+costs a fault on the host per page and runs at a fraction of the speed: without the prewarm,
+which phase gets fresh memory decides the figures (the TCP copy ran at 250 MB/s to 1.7 GB/s
+in one run).
 
 Peak RSS: the broker's ``VmHWM`` from ``/proc/<pid>/status`` before it stops, each client's
-``ru_maxrss`` from ``os.wait4``. Goal (issue 5): at least half the plain TCP rate, and peak RSS
-under 100 MB whatever the file size.
+``ru_maxrss`` from ``os.wait4``. CPU seconds of each process per phase (``cpu_s``) tell which
+side limits. Goal (issue 5): at least half the plain TCP rate, and peak RSS under 100 MB
+whatever the file size.
 
-    python -m benchmarks.files_throughput [--size-mib 1024] [--dir /tmp]
+    python -m benchmarks.files_throughput [--size-mib 1024] [--rounds 3] [--dir /tmp]
 """
 
 from __future__ import annotations
@@ -22,43 +36,80 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from zmeet.protocol.files import FILE_CHUNK_BYTES
+
 from .common import broker_process, save, table
 
-BLOCK = 1024 * 1024
+MIB = 1024 * 1024
+BLOCK = FILE_CHUNK_BYTES
+"""The TCP copy's block: zmeet's chunk."""
+PREWARM_EXTRA = 64 * MIB
 ZMEET = [sys.executable, "-m", "zmeet_cli.main"]
 
 
 def make_file(path: Path, size_mib: int) -> None:
     with open(path, "wb") as f:
         for _ in range(size_mib):
-            f.write(os.urandom(BLOCK))
+            f.write(os.urandom(MIB))
 
 
-def _tcp_receiver(port_queue, out: str) -> None:
+def read_through(path: Path) -> None:
+    """Read the whole file once, untimed, as zmeet's sender does when it hashes it."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(MIB)
+        while f.readinto(buf):
+            pass
+
+
+def prewarm(folder: Path, nbytes: int) -> None:
+    """Write a scratch file of ``nbytes`` (plus a little) in ``folder`` and delete it, so the
+    page cache the next phase writes lands on pages the host has backed a moment ago."""
+    scratch = folder / "prewarm.tmp"
+    block = bytes(MIB)
+    try:
+        with open(scratch, "wb", buffering=0) as f:
+            for _ in range(0, nbytes + PREWARM_EXTRA, MIB):
+                f.write(block)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tcp_receiver(port_queue, result_queue, out: str) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port_queue.put(server.getsockname()[1])
     conn, _ = server.accept()
+    start_s, cpu_start_s = time.perf_counter(), _cpu_s()
     with open(out, "wb") as f:
         while True:
             data = conn.recv(BLOCK)
             if not data:
                 break
             f.write(data)
+    end_s = time.perf_counter()
+    result_queue.put(("receiver", start_s, end_s, _cpu_s() - cpu_start_s))
     conn.close()
     server.close()
 
 
-def _tcp_sender(port: int, src: str) -> None:
+def _tcp_sender(port: int, src: str, result_queue) -> None:
     conn = socket.create_connection(("127.0.0.1", port))
+    cpu_start_s = _cpu_s()
     with open(src, "rb") as f:
         while True:
             data = f.read(BLOCK)
@@ -66,21 +117,30 @@ def _tcp_sender(port: int, src: str) -> None:
                 break
             conn.sendall(data)
     conn.close()
+    result_queue.put(("sender", 0.0, 0.0, _cpu_s() - cpu_start_s))
 
 
-def tcp_copy(src: Path, out: Path) -> float:
-    """Seconds to copy ``src`` to ``out`` through a loopback TCP socket (two processes)."""
+def tcp_copy(src: Path, out: Path) -> dict:
+    """Copy ``src`` to ``out`` through a loopback TCP socket (two processes): ``seconds``
+    from the accepted connection to the written file's close, ``cpu_s`` of both processes."""
     ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    receiver = ctx.Process(target=_tcp_receiver, args=(ports, str(out)))
+    ports, results = ctx.Queue(), ctx.Queue()
+    receiver = ctx.Process(target=_tcp_receiver, args=(ports, results, str(out)))
     receiver.start()
     port = ports.get(timeout=30)
-    sender = ctx.Process(target=_tcp_sender, args=(port, str(src)))
-    start = time.perf_counter()
+    sender = ctx.Process(target=_tcp_sender, args=(port, str(src), results))
     sender.start()
-    sender.join(timeout=600)
-    receiver.join(timeout=600)
-    return time.perf_counter() - start
+    got = {}
+    for _ in range(2):
+        role, start_s, end_s, cpu_s = results.get(timeout=600)
+        got[role] = (start_s, end_s, cpu_s)
+    sender.join(timeout=60)
+    receiver.join(timeout=60)
+    if sender.exitcode != 0 or receiver.exitcode != 0 or out.stat().st_size != src.stat().st_size:
+        raise RuntimeError("the plain TCP copy failed")
+    start_s, end_s, receiver_cpu_s = got["receiver"]
+    return {"seconds": end_s - start_s, "sender_cpu_s": got["sender"][2],
+            "receiver_cpu_s": receiver_cpu_s}
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -91,8 +151,14 @@ def vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def run_client(args: list[str]) -> tuple[list[dict], float, int]:
-    """Run a zmeet command; its JSON lines, wall seconds and peak RSS (KiB)."""
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a running process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_client(args: list[str]) -> tuple[list[dict], float, int, float]:
+    """Run a zmeet command; its JSON lines, wall seconds, peak RSS (KiB) and CPU seconds."""
     start = time.perf_counter()
     proc = subprocess.Popen([*ZMEET, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -102,64 +168,99 @@ def run_client(args: list[str]) -> tuple[list[dict], float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {lines[-3:]}")
-    return lines, wall, usage.ru_maxrss
+    return lines, wall, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+
+
+def one_round(src: Path, tmp: Path, size: int) -> dict:
+    """A TCP copy, an upload and a download through a fresh broker; their figures."""
+    mb = size / 1e6
+    copy = tmp / "tcp-copy.bin"
+    read_through(src)
+    os.sync()
+    prewarm(tmp, size)
+    tcp = tcp_copy(src, copy)
+    copy.unlink()
+    out = tmp / "fetched"
+    with broker_process("--max-file-size", str(max(size, 1) * 2)) as (endpoints, broker):
+        common = ["--broker", endpoints["control"], "--json"]
+        os.sync()
+        prewarm(tmp, size)
+        broker_cpu_s = proc_cpu_s(broker.pid)
+        up_lines, up_wall, up_rss, up_cpu_s = run_client(
+            ["send", str(src), "--room", "bench", "--nick", "uploader", *common])
+        broker_up_cpu_s = proc_cpu_s(broker.pid) - broker_cpu_s
+        up = next(e for e in up_lines if e["type"] == "done")
+        os.sync()
+        prewarm(tmp, size)
+        broker_cpu_s = proc_cpu_s(broker.pid)
+        down_lines, down_wall, down_rss, down_cpu_s = run_client(
+            ["fetch", up["id"], "--out", str(out), "--nick", "downloader", *common])
+        broker_down_cpu_s = proc_cpu_s(broker.pid) - broker_cpu_s
+        down = next(e for e in down_lines if e["type"] == "done")
+        broker_hwm = vm_hwm_kib(broker.pid)
+        fetched = Path(down["path"])
+        assert fetched.stat().st_size == size
+        fetched.unlink()
+    return {
+        "tcp_MB_per_s": mb / tcp["seconds"], "tcp_s": tcp["seconds"],
+        "tcp_cpu_s": tcp["sender_cpu_s"] + tcp["receiver_cpu_s"],
+        "up_MB_per_s": mb / up["elapsed_s"], "up_s": up["elapsed_s"],
+        "up_wall_MB_per_s": mb / up_wall, "up_rss_MB": up_rss / 1024,
+        "up_client_cpu_s": up_cpu_s, "up_broker_cpu_s": broker_up_cpu_s,
+        "down_MB_per_s": mb / down["elapsed_s"], "down_s": down["elapsed_s"],
+        "down_wall_MB_per_s": mb / down_wall, "down_rss_MB": down_rss / 1024,
+        "down_client_cpu_s": down_cpu_s, "down_broker_cpu_s": broker_down_cpu_s,
+        "broker_rss_MB": broker_hwm / 1024,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Rounds of TCP copy, upload and download; medians are reported.")
     parser.add_argument("--dir", default=None, help="Where the test files go [a temp folder].")
     args = parser.parse_args()
-    size = args.size_mib * BLOCK
-    mb = size / 1e6
+    size = args.size_mib * MIB
+    rounds = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp_name:
         tmp = Path(tmp_name)
         src = tmp / "payload.bin"
         print(f"making {args.size_mib} MiB of random data in {src} ...", file=sys.stderr)
         make_file(src, args.size_mib)
+        for i in range(max(1, args.rounds)):
+            rounds.append(one_round(src, tmp, size))
+            r = rounds[-1]
+            print(f"round {i + 1}: TCP {r['tcp_MB_per_s']:.0f} MB/s, upload "
+                  f"{r['up_MB_per_s']:.0f}, download {r['down_MB_per_s']:.0f}", file=sys.stderr)
 
-        copy = tmp / "tcp-copy.bin"
-        os.sync()
-        tcp_before_s = tcp_copy(src, copy)
-        copy.unlink()
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
 
-        with broker_process("--max-file-size", str(max(size, 1) * 2)) as (endpoints, broker):
-            common = ["--broker", endpoints["control"], "--json"]
-            os.sync()
-            up_lines, up_wall, up_rss = run_client(
-                ["send", str(src), "--room", "bench", "--nick", "uploader", *common])
-            up = next(e for e in up_lines if e["type"] == "done")
-            out = tmp / "fetched"
-            os.sync()
-            down_lines, down_wall, down_rss = run_client(
-                ["fetch", up["id"], "--out", str(out), "--nick", "downloader", *common])
-            down = next(e for e in down_lines if e["type"] == "done")
-            broker_hwm = vm_hwm_kib(broker.pid)
-            fetched = Path(down["path"])
-            assert fetched.stat().st_size == size
-            fetched.unlink()
-        os.sync()
-        tcp_after_s = tcp_copy(src, copy)
-        copy.unlink()
-    tcp_s = (tcp_before_s + tcp_after_s) / 2
-    tcp_rate = mb / tcp_s
+    tcp_rate = med("tcp_MB_per_s")
     rows = [
-        {"system": "plain TCP copy (loopback), mean", "MB_per_s": tcp_rate, "seconds": tcp_s},
-        {"system": "plain TCP copy, before zmeet", "MB_per_s": mb / tcp_before_s,
-         "seconds": tcp_before_s},
-        {"system": "plain TCP copy, after zmeet", "MB_per_s": mb / tcp_after_s,
-         "seconds": tcp_after_s},
-        {"system": "zmeet upload", "MB_per_s": mb / up["elapsed_s"], "seconds": up["elapsed_s"],
-         "wall_MB_per_s": mb / up_wall, "vs_tcp": mb / up["elapsed_s"] / tcp_rate,
-         "peak_rss_MB": up_rss / 1024},
-        {"system": "zmeet download", "MB_per_s": mb / down["elapsed_s"],
-         "seconds": down["elapsed_s"], "wall_MB_per_s": mb / down_wall,
-         "vs_tcp": mb / down["elapsed_s"] / tcp_rate, "peak_rss_MB": down_rss / 1024},
-        {"system": "zmeet broker", "peak_rss_MB": broker_hwm / 1024},
+        {"system": f"plain TCP copy (loopback), median of {len(rounds)}", "MB_per_s": tcp_rate,
+         "seconds": med("tcp_s"), "cpu_s": med("tcp_cpu_s")},
+        {"system": "zmeet upload", "MB_per_s": med("up_MB_per_s"), "seconds": med("up_s"),
+         "wall_MB_per_s": med("up_wall_MB_per_s"), "vs_tcp": med("up_MB_per_s") / tcp_rate,
+         "peak_rss_MB": max(r["up_rss_MB"] for r in rounds),
+         "cpu_s": med("up_client_cpu_s") + med("up_broker_cpu_s")},
+        {"system": "zmeet download", "MB_per_s": med("down_MB_per_s"), "seconds": med("down_s"),
+         "wall_MB_per_s": med("down_wall_MB_per_s"),
+         "vs_tcp": med("down_MB_per_s") / tcp_rate,
+         "peak_rss_MB": max(r["down_rss_MB"] for r in rounds),
+         "cpu_s": med("down_client_cpu_s") + med("down_broker_cpu_s")},
+        {"system": "zmeet broker", "peak_rss_MB": max(r["broker_rss_MB"] for r in rounds)},
     ]
     print(table(rows, ["system", "MB_per_s", "seconds", "wall_MB_per_s", "vs_tcp",
-                       "peak_rss_MB"]))
-    path = save("files-throughput", {"rows": rows, "args": vars(args), "size_bytes": size})
+                       "peak_rss_MB", "cpu_s"]))
+    print()
+    per_round = [{"round": i + 1, **r} for i, r in enumerate(rounds)]
+    print(table(per_round, ["round", "tcp_MB_per_s", "up_MB_per_s", "down_MB_per_s",
+                            "tcp_cpu_s", "up_client_cpu_s", "up_broker_cpu_s",
+                            "down_client_cpu_s", "down_broker_cpu_s"]))
+    path = save("files-throughput", {"rows": rows, "rounds": rounds, "args": vars(args),
+                                     "size_bytes": size, "tcp_block_bytes": BLOCK})
     print(f"saved {path}", file=sys.stderr)
 
 
