@@ -38,54 +38,97 @@ def _now_us() -> int:
 # --- one participant (a child process) --------------------------------------------------------
 
 
-def participant(control: str, nick: str, seconds: float) -> None:
+def participant(control: str, nick: str, seconds: float, participants: int) -> None:
+    """One participant, as ``Meeting`` runs it but without devices: 1280x720 frames of
+    Megamind.avi JPEG-encoded off the hub (with the 320-pixel thumbnail: simulcast) at 30 fps,
+    20 ms audio frames, per-stream subscriptions to the others' full video and audio (the
+    layer a 2x2 gallery of 1280x720 takes), and a display thread that, like the viewer's
+    window thread, decodes only the newest frame of each tile, reduced to the tile's size
+    (:func:`~zmeet.media.tiling.decode_reduction`). A frame's age is taken when its decode
+    ends: capture to display-ready."""
+    import threading as _threading
+
+    import cv2
     import gevent
 
     from zmeet import protocol as p
-    from zmeet.client.media import MediaPublisher, MediaSubscriber
+    from zmeet.client.media import THUMB_WIDTH, MediaPublisher, MediaSubscriber
     from zmeet.client.session import Session
     from zmeet.devices import decode_jpeg, encode_jpeg
     from zmeet.devices.audio import AudioEncoder, default_codec
-    from zmeet.media import Pacer
+    from zmeet.media import LatestSlot, Pacer
+    from zmeet.media.tiling import decode_reduction, meeting_layout
 
     session = Session(control, nick, timeout_s=30)
     session.connect()
     session.join(ROOM, history=0)
     ages: list[float] = []
+    slot: LatestSlot = LatestSlot()
+    wanted, stop = _threading.Event(), _threading.Event()
+    shown = [0]
+    tile = meeting_layout(participants, 1280, 720, stage=False)[1][0]
+    reduce = decode_reduction(FRAME_W, FRAME_H, tile.w, tile.h)
 
-    class DecodingViewer:  # the display path without a window: decode, then stamp
+    def display() -> None:  # the window thread: decode the newest of each tile, then stamp
+        while not stop.is_set():
+            if not wanted.wait(0.1):
+                continue
+            wanted.clear()
+            for payload, capture_ts_us in slot.take_all().values():
+                decode_jpeg(payload, reduce=reduce)
+                ages.append((_now_us() - capture_ts_us) / 1000)
+                shown[0] += 1
+
+    class HandOff:  # what MediaSubscriber calls; the frame goes to the display thread
         superseded = __import__("collections").Counter()
 
         def show(self, sender, kind, payload) -> None:
-            decode_jpeg(payload)
+            pass
 
-    viewer = DecodingViewer()
-    sub = MediaSubscriber(session, [ROOM], viewer=viewer, handlers={"audio": lambda f: None})
-    sub.on_shown = lambda frame, now_us: ages.append((_now_us() - frame.capture_ts_us) / 1000)
+    def on_shown(frame, now_us) -> None:
+        slot.put((frame.sender, frame.kind), (bytes(frame.payload), frame.capture_ts_us))
+        wanted.set()
+
+    sub = MediaSubscriber(session, [], viewer=HandOff(), handlers={"audio": lambda f: None})
+    sub.on_shown = on_shown
+
+    def subscribe(room: str = ROOM) -> None:
+        sub.set_streams(ROOM, {m: ("video", "audio") for m in session.members(ROOM) if m != nick})
+
+    session.member_listeners.append(subscribe)
+    subscribe()
     sub.start()
+    shower = _threading.Thread(target=display, daemon=True)
+    shower.start()
     pub = MediaPublisher(session, ROOM)
-    cap = __import__("cv2").VideoCapture("../shared/media/Megamind.avi")
+    cap = cv2.VideoCapture("../shared/media/Megamind.avi")
     frames = []
     while len(frames) < 60:
         ok, img = cap.read()
         if not ok:
             break
-        frames.append(__import__("cv2").resize(img, (FRAME_W, FRAME_H)))
+        frames.append(cv2.resize(img, (FRAME_W, FRAME_H)))
     codec = default_codec()
     enc = AudioEncoder(codec)
     block = (np.sin(np.arange(960) / 8) * 3000).astype(np.int16)
-    sent = {"video": 0, "audio": 0}
+    sent = {"video": 0, "thumb": 0, "audio": 0}
+    pool = gevent.get_hub().threadpool
+
+    def encode(image):  # the capture thread's work: full size and thumbnail
+        return (encode_jpeg(image, quality=80, max_width=FRAME_W),
+                encode_jpeg(image, quality=80, max_width=THUMB_WIDTH))
 
     def video() -> None:
         pacer = Pacer(FPS, time.monotonic)
         for seq in range(10**9):
             gevent.sleep(pacer.delay_s())
             ts = _now_us()  # capture
-            jpeg, w, h = encode_jpeg(frames[seq % len(frames)], quality=80, max_width=FRAME_W)
-            pub.send_frame(p.MediaFrame(room=ROOM, kind="video", seq=seq, capture_ts_us=ts,
-                                        pts_ms=seq * 33, width=w, height=h, fps=FPS,
-                                        codec="jpeg", payload=jpeg))
-            sent["video"] += 1
+            (jpeg, w, h), (thumb, tw, th) = pool.apply(encode, (frames[seq % len(frames)],))
+            for kind, data, width, height in (("thumb", thumb, tw, th), ("video", jpeg, w, h)):
+                if pub.send_frame(p.MediaFrame(
+                        room=ROOM, kind=kind, seq=seq, capture_ts_us=ts, pts_ms=seq * 33,
+                        width=width, height=height, fps=FPS, codec="jpeg", payload=data)):
+                    sent[kind] += 1
 
     def audio() -> None:
         pacer = Pacer(50, time.monotonic)
@@ -102,15 +145,19 @@ def participant(control: str, nick: str, seconds: float) -> None:
     gevent.sleep(seconds)  # the benchmark's run time
     r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     gevent.killall(workers)
+    stop.set()
+    shower.join(5)
     stats = sub.stats()["streams"]
     sub.stop()
     pub.close()
     session.close()
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (t1 - t0)
     fps = [s["video"]["mean_fps"] for s in stats.values() if "video" in s]
-    shown = sum(s["video"]["shown"] for s in stats.values() if "video" in s)
+    lost = sum(s["video"]["lost"] for s in stats.values() if "video" in s)
+    thumbs = sum(s["thumb"]["frames"] for s in stats.values() if "thumb" in s)
     print(json.dumps({"nick": nick, "cpu": cpu, "ages_ms": ages[30:], "fps_received": fps,
-                      "shown_fps": shown / (t1 - t0), "sent": sent}))
+                      "shown_fps": shown[0] / (t1 - t0), "sent": sent, "lost": lost,
+                      "thumbs_received": thumbs, "own_received": sub.drops.own}))
 
 
 def meeting(participants: int, seconds: float) -> dict:
@@ -120,7 +167,8 @@ def meeting(participants: int, seconds: float) -> dict:
         control = endpoints["control"]
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.media_meeting",
                                    "--participant", f"p{i}", "--control", control,
-                                   "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+                                   "--seconds", str(seconds), "--participants",
+                                   str(participants)], stdout=subprocess.PIPE, text=True)
                  for i in range(participants)]
         results = [json.loads(proc.communicate(timeout=seconds + 120)[0].strip().splitlines()[-1])
                    for proc in procs]
@@ -132,6 +180,10 @@ def meeting(participants: int, seconds: float) -> dict:
         "shown_fps_per_receiver": [round(r["shown_fps"] / max(1, participants - 1), 1)
                                    for r in results],
         "cpu_per_participant": [round(r["cpu"], 3) for r in results],
+        "received_fps_per_stream": [r["fps_received"] for r in results],
+        "video_frames_lost": [r["lost"] for r in results],
+        "thumbs_received": sum(r["thumbs_received"] for r in results),
+        "own_frames_received": sum(r["own_received"] for r in results),
     }
 
 
@@ -145,7 +197,7 @@ def meeting(participants: int, seconds: float) -> dict:
 # over the time from the first delivered frame to the last.
 
 PROBE_PAYLOAD_BYTES = 16
-"""Probe frames (sent until one arrives: the subscription is live) are this small and not counted."""
+"""Probe frames (sent until one arrives: the subscription is live) are this small, not counted."""
 
 FORWARD_ROUNDS = 3
 
@@ -273,7 +325,7 @@ def main() -> None:
         _bare_proxy_process()
         return
     if args.participant:
-        participant(args.control, args.participant, args.seconds)
+        participant(args.control, args.participant, args.seconds, args.participants)
         return
     data = {"forwarding": forwarding()}
     if args.participants:

@@ -418,8 +418,11 @@ class ChatTerminal:
               help="Send the microphone and play the others' mixed audio (sounddevice).")
 @click.option("--input-device", default=None,
               help="Microphone for --audio: a PortAudio device index or name [the default].")
+@click.option("--listen", is_flag=True,
+              help="Play the others' mixed audio without sending a microphone.")
 @click.option("--output-device", default=None,
-              help="Speaker for --audio: a PortAudio device index or name [the default].")
+              help="Speaker for --audio and --listen: a PortAudio device index or name "
+                   "[the default].")
 @click.option("--max-streams", type=click.IntRange(0), default=None,
               help="Show video of only the N most recent speakers (screen shares always).")
 @click.option("--stats", "stats_json", is_flag=True,
@@ -430,7 +433,7 @@ class ChatTerminal:
 def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video, camera,
          video_file, screen, monitor, quality, max_width, fps, no_display, record_dir,
          stats_json, audio=False, input_device=None, output_device=None,
-         max_streams=None, accept_files=False) -> None:
+         max_streams=None, accept_files=False, listen=False) -> None:
     """Join ROOM (default: lobby) and chat; optionally share video and screen.
 
     Type a line to say it; /help lists the commands. Ctrl-C or Ctrl-D leave.
@@ -449,7 +452,7 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
                  f"{', '.join(joined.members)})" + (f"; topic: {safe(joined.topic)}" if joined.topic else "")
                  + "; /help for commands")
         display = not no_display and _has_display()
-        wants_media = video or video_file or screen or display or record_dir or audio
+        wants_media = video or video_file or screen or display or record_dir or audio or listen
         if wants_media:
             from zmeet.client.media import Meeting
 
@@ -458,7 +461,7 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
                 camera=camera if (video and not video_file) else None,
                 video_file=video_file, screen=screen, monitor=monitor, quality=quality,
                 max_width=max_width, fps=fps, display=display, record_dir=record_dir,
-                audio=audio, input_device=_device(input_device),
+                audio=audio, listen=listen, input_device=_device(input_device),
                 output_device=_device(output_device), max_streams=max_streams,
             )
             meeting.start()

@@ -8,6 +8,7 @@ bounded number of times, and fails with the last one's figures.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from proc import ZMEET, Proc, start_broker
 from test_audio import _alsa_home
 from xvfb import xvfb_display
 
+from zmeet.client.media import THUMB_WIDTH
 from zmeet.media import KIND_COLOURS_BGR
 from zmeet.media.tiling import LABEL_BAR_PX, MUTED_BGR, VIDEO_OFF_BGR, meeting_layout
 
@@ -81,7 +83,8 @@ def test_gallery_shows_both_tiles_the_screen_share_large_and_the_controls(
 
     try:
         join = [*ZMEET, "join", "gal", "--broker", endpoints["control"]]
-        bob = Proc([*join, "--nick", "bob", "--duration", "120"], stdin=True, env=env)
+        bob = Proc([*join, "--nick", "bob", "--duration", "120", "--stats"], stdin=True,
+                   env=env)
         procs.append(bob)
         bob.expect(r"^-- joined #gal as bob", timeout_s=30)
         alice = Proc([*join, "--nick", "alice", "--no-display", "--video-file",
@@ -144,6 +147,14 @@ def test_gallery_shows_both_tiles_the_screen_share_large_and_the_controls(
             return figures
 
         _until(xvfb, tmp_path / "gone.png", alice_gone)  # her tile goes when she leaves
+        bob.send("/quit")
+        assert bob.wait(30) == 0
+        stats = next(json.loads(line) for line in bob.stderr if line.startswith('{"type": "stats"'))
+        # beside the stage, alice's tile was small: bob took her thumbnail (simulcast's low
+        # layer), at most THUMB_WIDTH wide, and never his own frames back
+        thumb = stats["received"]["alice"]["thumb"]
+        assert thumb["frames"] > 0 and 0 < thumb["width"] <= THUMB_WIDTH, thumb
+        assert stats["dropped"]["own"] == 0
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import wave
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from zmeet.client.session import Session
 from zmeet.devices import Recorder, ScreenSource, VideoFileSource, decode_jpeg, encode_jpeg
 from zmeet.errors import DeviceError, RemoteProtocolError
 from zmeet.media import KIND_COLOURS_BGR
+from zmeet.media.tiling import decode_reduction
 from zmeet.protocol import HEADER, MediaFrame, decode_published, encode_published
 from zmeet.protocol.limits import MAX_MEDIA_META_BYTES
 
@@ -138,12 +140,13 @@ def test_bob_records_alices_video_and_screen(
     def enough() -> bool:
         return (bob_sub.recorded("alice", "video") >= 15
                 and bob_sub.recorded("alice", "screen") >= 5
-                and alice_sub.received("bob", "video") >= 3
-                and bob_sub.drops.own >= 3)
+                and alice_sub.received("bob", "video") >= 3)
 
     assert bob_meeting.wait_until(enough, WAIT_S), json.dumps(bob_meeting.stats())
-    # alice's own frames were not handed back to her either
-    assert alice_meeting.wait_until(lambda: alice_sub.drops.own >= 3, WAIT_S)
+    # a meeting subscribes to the others' streams only: its own never come back
+    assert bob_sub.drops.own == 0 and alice_sub.drops.own == 0
+    # without a window, and recording, the full layer only: alice's thumbs stay at the broker
+    assert "thumb" not in bob_meeting.stats()["received"]["alice"]
     alice_stats, bob_stats = alice_meeting.stats(), bob_meeting.stats()
     json.dumps(alice_stats)  # JSON-able
     bob_meeting.stop()  # flushes the recordings
@@ -286,6 +289,62 @@ def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_ses
     finally:
         for sock in (sub, dealer, stranger):
             sock.close(linger=0)
+
+
+def test_last_n_receives_only_the_latest_speakers_video(make_session, make_meeting) -> None:
+    """``max_streams=1``: dave subscribes to one sender's video, so the broker sends him no
+    other (bandwidth is shed, not just pixels); when carol speaks (real speech through the
+    broker into dave's mixer) her video replaces alice's."""
+    senders = {nick: make_session(nick, "room") for nick in ("alice", "bob", "carol")}
+    dave = make_session("dave", "room")
+    small = {"max_width": 160, "display": False}
+    meetings = {nick: make_meeting(s, "room", video_file=str(VTEST), **small)
+                for nick, s in senders.items()}
+    dave_meeting = make_meeting(dave, "room", display=False, listen=True, output_device=False,
+                                max_streams=1)
+    sub = dave_meeting.subscriber
+    assert sub is not None
+
+    def video(nick: str) -> bytes:
+        return b"media/room/%s/video" % nick.encode()
+
+    # nobody spoke yet: the first to join is shown, the others are not even sent
+    assert dave_meeting.wait_until(lambda: sub.received("alice", "video") >= 5, WAIT_S)
+    assert video("alice") in sub.topics("room")
+    assert not {video("bob"), video("carol")} & sub.topics("room")
+    assert sub.received("bob", "video") == sub.received("carol", "video") == 0
+    # bob is there (his state comes, once a second): only his video is not taken
+    assert dave_meeting.wait_until(lambda: sub.received("bob", "state") > 0, WAIT_S)
+
+    # carol speaks, paced like a microphone (20 ms blocks), through her own publisher
+    with wave.open(str(MEDIA / "speech-en.wav"), "rb") as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    publisher = meetings["carol"].publisher
+    assert publisher is not None
+
+    def speak() -> None:
+        for seq in range(min(150, speech.size // 960)):
+            block = speech[seq * 960:(seq + 1) * 960]
+            publisher.send_frame(MediaFrame(
+                room="room", kind="audio", seq=seq, capture_ts_us=time.time_ns() // 1000,
+                pts_ms=seq * 20, width=0, height=0, fps=50.0, codec="pcm",
+                payload=block.tobytes()))
+            gevent.sleep(0.02)  # pacing: the microphone's block time, not a wait
+
+    speaker = gevent.spawn(speak)
+    try:
+        assert dave_meeting.wait_until(lambda: sub.received("carol", "video") >= 5, WAIT_S), \
+            dave_meeting.stats()
+        assert dave_meeting.active_speaker() == "carol"
+        assert video("carol") in sub.topics("room") and video("alice") not in sub.topics("room")
+        alice_frames = sub.received("alice", "video")
+        carol_frames = sub.received("carol", "video")
+        assert dave_meeting.wait_until(
+            lambda: sub.received("carol", "video") >= carol_frames + 10, WAIT_S)
+        assert sub.received("alice", "video") == alice_frames  # no longer sent to dave
+        assert sub.received("bob", "video") == 0
+    finally:
+        speaker.kill()
 
 
 class _FakeSession:
@@ -445,6 +504,26 @@ def test_jpeg_scales_to_max_width_and_refuses_junk() -> None:
         decode_jpeg(b"")
 
 
+def test_a_jpeg_is_decoded_no_larger_than_its_tile_needs() -> None:
+    image = np.zeros((720, 1280, 3), np.uint8)
+    image[:, 640:] = (255, 255, 255)
+    data, _, _ = encode_jpeg(image, quality=90)
+    half = decode_jpeg(data, reduce=2)
+    assert half.shape == (360, 640, 3)
+    assert half[:, :300].mean() < 5 and half[:, 340:].mean() > 250  # the same picture
+    assert decode_jpeg(data, reduce=8).shape == (90, 160, 3)
+    with pytest.raises(ValueError):
+        decode_jpeg(data, reduce=3)
+    # the largest reduction that still fills the tile, never one that is scaled up again
+    assert decode_reduction(1280, 720, 1280, 720) == 1
+    assert decode_reduction(1280, 720, 640, 360) == 2
+    assert decode_reduction(1280, 720, 641, 361) == 1
+    assert decode_reduction(1280, 720, 316, 400) == 4  # letterboxed: the width decides
+    assert decode_reduction(1280, 720, 100, 50) == 8
+    assert decode_reduction(320, 180, 636, 334) == 1
+    assert decode_reduction(0, 720, 10, 10) == 1
+
+
 def _frame(sender: str, seq: int, image: np.ndarray, kind: str = "video") -> MediaFrame:
     data, width, height = encode_jpeg(image, quality=90)
     return MediaFrame(room="room", kind=kind, seq=seq, capture_ts_us=1_000_000 + seq,
@@ -508,11 +587,17 @@ out = sys.argv[1]
 viewer = Viewer("zmeet test", canvas_w=640, canvas_h=360, refresh_ms=10)
 viewer.start()
 red = np.zeros((180, 320, 3), np.uint8); red[:] = (0, 0, 255)
-blue = np.zeros((180, 320, 3), np.uint8); blue[:] = (255, 0, 0)
+blue = np.zeros((720, 1280, 3), np.uint8); blue[:] = (255, 0, 0)
+blue_jpeg = cv2.imencode(".jpg", blue)[1].tobytes()
 viewer.show("carol", "video", b"not a jpeg")  # first: taken no later than bob's
 viewer.show("alice", "video", red)
-viewer.show("bob", "screen", cv2.imencode(".jpg", blue)[1].tobytes())  # decoded by the viewer
+viewer.show("bob", "screen", blue_jpeg)  # decoded by the viewer
 shown = viewer.wait_shown([("alice", "video"), ("bob", "screen")], 30)
+# its tile is a quarter of its size: the next frame is decoded at 1/2 in libjpeg
+viewer.show("bob", "screen", blue_jpeg)
+for _ in range(100):
+    if viewer.decoded_reduced or not viewer.wait_turn(5):
+        break
 red_bgra = np.array([0, 0, 255])
 
 def grab(sct):
@@ -560,6 +645,7 @@ def test_viewer_shows_labelled_tiles_on_xvfb(xvfb: str, tmp_path: Path) -> None:
     assert report["shown"] is True, report
     assert report["running"] is False  # closing stopped the thread
     assert report["stats"]["bad"] == {"carol/video": 1}, report
+    assert report["stats"]["decoded_reduced"] >= 1, report  # a big picture in a small tile
     assert "one viewer per process" in report["second"], report
 
     shot = cv2.imread(str(tmp_path / "open.png"))

@@ -4,21 +4,27 @@ Sockets, driven by gevent and ``zmq.green`` (docs/protocol.md, "Media lane"):
 
 - :class:`MediaPublisher`: a DEALER whose routing id is ``Welcome.media_token``, connected to
   the broker's ``media_in`` ROUTER. It sends ``[header, "FRAME", meta, payload]``; the broker
-  forwards it to the room under the topic ``media/<room>/<sender>/<kind>``. Every send is ``NOBLOCK`` with a small
-  ``SNDHWM``: a frame that does not fit is dropped and counted, so no backlog ever builds.
-- :class:`MediaSubscriber`: a SUB on the broker's ``media_out`` PUB, subscribed to
-  ``media/<room>/`` for each room. One greenlet owns it: it waits once on the green socket,
-  then drains the raw socket it shadows with ``NOBLOCK``.
+  forwards it to the room under the topic ``media/<room>/<sender>/<kind>``. Every send is
+  ``NOBLOCK`` with a small ``SNDHWM``: a frame that does not fit is dropped and counted, so no
+  backlog ever builds. A camera or video file is sent twice (simulcast): ``video`` at full
+  size and ``thumb`` at most :data:`THUMB_WIDTH` pixels wide.
+- :class:`MediaSubscriber`: a SUB on the broker's ``media_out`` PUB, subscribed to a whole
+  room (``media/<room>/``) or to chosen streams (``media/<room>/<sender>/<kind>``: the
+  broker's PUB filters, so a stream not chosen never leaves the broker). One greenlet owns it:
+  it waits once on the green socket, then drains the raw socket it shadows with ``NOBLOCK``.
 
 Newest frame wins: from each drained batch, the viewer gets only the newest frame of each
 ``(sender, kind)``, and its window thread only the newest of those it has not shown yet; the
 frames it never showed are counted as superseded, and gaps in ``seq`` as lost. The recorder
-gets every frame received, through a bounded queue (a full queue drops and counts).
+gets every full-size frame received, through a bounded queue (a full queue drops and counts).
 
 Blocking work never runs on the hub: capture and JPEG encoding in each source's own thread,
 JPEG decoding in the viewer's window thread and the recorder's thread.
 
-:class:`Meeting` puts it together for ``zmeet join ROOM --video/--video-file/--screen``.
+:class:`Meeting` puts it together for ``zmeet join ROOM --video/--video-file/--screen``: it
+subscribes to each other member's streams (the session's member list), the thumbnail while
+tiles are small, only the last-N speakers' video with ``max_streams``, and shows its own
+capture as the self-view.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ from .session import Session
 
 log = logging.getLogger("zmeet.media")
 
-PUBLISH_SNDHWM = 4
-"""Frames a publisher's DEALER queues before a send is dropped (zmq.Again)."""
+PUBLISH_SNDHWM = 8
+"""Messages (video, thumb, audio and state frames) a publisher's DEALER queues before a send
+is dropped (zmq.Again): at 30 fps with simulcast and 50 audio frames a second, about 70 ms."""
 
 SUBSCRIBE_RCVHWM = 8
 """Frames a subscriber's SUB queues before libzmq drops newer ones."""
@@ -70,7 +77,16 @@ STOP_TIMEOUT_S = 5.0
 """How long stopping waits for a greenlet (and the recorder to write what it holds)."""
 
 PUBLISHED_KINDS = ("video", "screen")
-"""Kinds this module publishes and shows (audio has its own lane logic)."""
+"""Kinds a capture source is published as (audio has its own lane logic)."""
+
+VIEW_KINDS = ("video", "thumb", "screen")
+"""Kinds shown in the gallery: ``thumb`` in the tile of its sender's ``video``."""
+
+THUMB_WIDTH = 320
+"""Width in pixels of a video's thumbnail, simulcast's low layer (Jitsi's lowest is 320x180)."""
+
+LARGE_TILE_FACTOR = 1.5
+"""A tile wider than this many thumbnails is shown from the full ``video`` layer."""
 
 MAX_FRAME_AGE_MS = 120.0
 """A video frame that spent this much longer on the way than the quickest of its stream is
@@ -104,6 +120,9 @@ class PublishedStream:
     dropped: int = 0
     oversize: int = 0
     bytes: int = 0
+    thumb_sent: int = 0
+    thumb_dropped: int = 0
+    thumb_bytes: int = 0
     capture_ms_total: float = 0.0
     encode_ms_total: float = 0.0
     captured: int = 0
@@ -120,6 +139,9 @@ class PublishedStream:
             "dropped": self.dropped,
             "oversize": self.oversize,
             "bytes": self.bytes,
+            "thumb_sent": self.thumb_sent,
+            "thumb_dropped": self.thumb_dropped,
+            "thumb_bytes": self.thumb_bytes,
             "fps": round(self.meter.fps(), 2),
             "mean_fps": round(self.meter.mean_fps(), 2),
             "capture_ms": round(self.capture_ms_total / n, 3),
@@ -152,6 +174,9 @@ class MediaPublisher:
         self._open_socket(welcome.media_token)
         self._streams: dict[str, PublishedStream] = {}
         self._greenlets: dict[str, gevent.Greenlet] = {}
+        self.on_encoded: Callable[[str, Any], None] | None = None
+        """Called on the hub with ``(kind, EncodedImage)`` for each frame captured, sent or
+        not (the self-view); it must not block."""
         session.welcome_listeners.append(self._on_welcome)
 
     def _open_socket(self, media_token: bytes) -> None:
@@ -180,17 +205,21 @@ class MediaPublisher:
         fps: float | None = None,
         quality: int = DEFAULT_QUALITY,
         max_width: int = DEFAULT_MAX_WIDTH,
+        thumb_width: int | None = None,
     ) -> gevent.Greenlet:
         """Open ``source`` (if it is not) and spawn a greenlet that, every ``1/fps`` s, reads
         and JPEG-encodes a frame in the source's thread and sends it as a
         :class:`~zmeet.protocol.MediaFrame` of ``kind`` (default ``source.kind``).
 
         ``fps`` defaults to the source's ``native_fps`` (a video file's own rate). ``quality``
-        (1 to 100) and ``max_width`` (pixels) are the JPEG settings. The greenlet ends at the
-        end of a file that does not loop, or when the source fails (``stats()`` says why).
-        Returns the greenlet. Raises ValueError for a bad kind, fps, quality or max_width, or
-        a kind already published; :class:`DeviceError` if the source cannot be opened;
-        RuntimeError if the publisher is closed.
+        (1 to 100) and ``max_width`` (pixels) are the JPEG settings. With ``thumb_width``
+        (pixels; ``video`` only) each frame is also sent as a ``thumb`` at most that wide
+        (simulcast: receivers with small tiles subscribe to it instead). The greenlet ends at
+        the end of a file that does not loop, or when the source fails (``stats()`` says why).
+        Returns the greenlet. Raises ValueError for a bad kind, fps, quality, max_width or
+        thumb_width, a thumb for another kind than video, or a kind already published;
+        :class:`DeviceError` if the source cannot be opened; RuntimeError if the publisher is
+        closed.
         """
         if self._sock is None:
             raise RuntimeError("the publisher is closed")
@@ -201,6 +230,10 @@ class MediaPublisher:
         if running is not None and not running.dead:
             raise ValueError(f"{kind} is already being published")
         check_encoding(quality, max_width)
+        if thumb_width is not None:
+            if kind != "video":
+                raise ValueError(f"only video is sent with a thumb, not {kind}")
+            check_encoding(quality, thumb_width)
         source.open()
         rate = fps if fps is not None else source.native_fps
         if rate is None:
@@ -208,22 +241,23 @@ class MediaPublisher:
         pacer = Pacer(rate, time.monotonic)
         stream = PublishedStream(kind, source.name, pacer.fps, FpsMeter(time.monotonic))
         self._streams[kind] = stream
-        greenlet = gevent.spawn(self._run, source, stream, pacer, quality, max_width)
+        greenlet = gevent.spawn(self._run, source, stream, pacer, quality, max_width, thumb_width)
         self._greenlets[kind] = greenlet
         return greenlet
 
     def _run(
         self, source: CaptureSource, stream: PublishedStream, pacer: Pacer, quality: int,
-        max_width: int,
+        max_width: int, thumb_width: int | None,
     ) -> None:
-        seq = 0
+        seq = thumb_seq = 0
         while True:
             delay_s = pacer.delay_s()
             stream.skipped = pacer.skipped
             if delay_s > 0:
                 gevent.sleep(delay_s)  # pacing: wait for the next capture deadline
             try:
-                encoded = source.read_jpeg(quality=quality, max_width=max_width)
+                encoded = source.read_jpeg(
+                    quality=quality, max_width=max_width, thumb_width=thumb_width)
             except DeviceError as exc:
                 stream.error = str(exc)
                 log.error("%s stopped: %s", source.name, exc)
@@ -235,6 +269,29 @@ class MediaPublisher:
             stream.captured += 1
             stream.capture_ms_total += encoded.capture_ms
             stream.encode_ms_total += encoded.encode_ms
+            if self.on_encoded is not None:
+                try:
+                    self.on_encoded(stream.kind, encoded)
+                except Exception:
+                    log.exception("on_encoded failed")
+            if encoded.thumb is not None and len(encoded.thumb) <= self.max_frame_bytes:
+                thumb = p.MediaFrame(
+                    room=self.room, kind="thumb", seq=thumb_seq,
+                    capture_ts_us=encoded.capture_ts_us, pts_ms=encoded.pts_ms,
+                    width=encoded.thumb_width, height=encoded.thumb_height, fps=pacer.fps,
+                    codec="jpeg", payload=encoded.thumb,
+                )
+                try:
+                    self._raw.send_multipart(p.encode(thumb), zmq.NOBLOCK, copy=False)
+                    thumb_seq += 1
+                    stream.thumb_sent += 1
+                    stream.thumb_bytes += len(encoded.thumb)
+                except zmq.Again:
+                    stream.thumb_dropped += 1
+                except zmq.ZMQError as exc:
+                    stream.error = f"media socket: {exc}"
+                    log.error("%s: cannot send: %s", source.name, exc)
+                    return
             if len(encoded.data) > self.max_frame_bytes:
                 stream.oversize += 1
                 continue
@@ -314,7 +371,6 @@ class _Received:
     last_age_ms: float = 0.0
     min_age_ms: float | None = None
     stale: int = 0
-    filtered: int = 0
     shown: int = 0
     shown_age_ms: float = 0.0
     max_shown_age_ms: float = 0.0
@@ -356,13 +412,14 @@ class MediaSubscriber:
         record_queue_frames: int = RECORD_QUEUE_FRAMES,
         handlers: dict[str, Callable[[p.MediaFrame], None]] | None = None,
         video_delay_ms: Callable[[str], float | None] | None = None,
-        video_filter: Callable[[str, str], bool] | None = None,
         max_age_ms: float | None = MAX_FRAME_AGE_MS,
     ) -> None:
         if session.welcome is None or "media_out" not in session.endpoints:
             raise LocalProtocolError("connect the session before receiving media")
         self.session = session
         self.rooms: set[str] = set()
+        self._whole_rooms: set[str] = set()
+        self._topics: dict[str, set[bytes]] = {}
         self._initial_rooms = list(rooms)
         for room in self._initial_rooms:
             if not p.is_valid_room(room):
@@ -377,8 +434,6 @@ class MediaSubscriber:
         self.video_delay_ms = video_delay_ms
         """``f(sender) -> ms or None``: how long after capture ``sender``'s audio is heard;
         video is held back to match (A/V sync, :func:`~zmeet.media.audio.video_due_us`)."""
-        self.video_filter = video_filter
-        """``f(sender, kind) -> bool``: False leaves that stream off the viewer (last-N)."""
         self.max_age_ms = max_age_ms
         self.on_shown: Callable[[p.MediaFrame, int], None] | None = None
         """Called with each frame handed to the viewer and the wall clock then (µs)."""
@@ -409,8 +464,11 @@ class MediaSubscriber:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
         sock.connect(self.session.endpoints["media_out"])
         self._sock = sock
+        for topic in set().union(*self._topics.values()):  # chosen before start
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
         for room in self._initial_rooms:
-            self.subscribe(room)
+            if room not in self._topics:
+                self.subscribe(room)
         raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
         self._recv_greenlet = gevent.spawn(self._recv_loop, sock, raw)
         if self.viewer is not None and self.video_delay_ms is not None:
@@ -419,19 +477,55 @@ class MediaSubscriber:
             self._record_greenlet = gevent.spawn(self._record_loop, self.recorder)
 
     def subscribe(self, room: str) -> None:
-        """Receive ``room``'s frames too (the session must be a member for the broker's
-        accounting; this side filters by the rooms subscribed)."""
+        """Receive every frame of ``room``: every sender's every kind, this session's own
+        included (they are dropped and counted here). Raises ValueError for a bad name."""
         if not p.is_valid_room(room):
             raise ValueError(f"invalid room name {room!r}")
         self.rooms.add(room)
-        if self._sock is not None:
-            self._sock.setsockopt(zmq.SUBSCRIBE, p.media_room_topic(room))
+        self._whole_rooms.add(room)
+        self._set_topics(room, {p.media_room_topic(room)})
+
+    def set_streams(self, room: str, streams: dict[str, Iterable[str]]) -> None:
+        """Receive exactly ``streams`` of ``room``: ``{sender: kinds}``, one SUB prefix
+        ``media/<room>/<sender>/<kind>`` each, in place of what was subscribed in ``room``
+        before. The broker's PUB filters by these prefixes, so a stream not chosen costs this
+        receiver no bandwidth at all (last-N, thumbs for small tiles). Raises ValueError for a
+        bad room, nick or kind."""
+        if not p.is_valid_room(room):
+            raise ValueError(f"invalid room name {room!r}")
+        topics = set()
+        for sender, kinds in streams.items():
+            if not p.is_valid_nick(sender):
+                raise ValueError(f"invalid nick {sender!r}")
+            for kind in kinds:
+                if kind not in p.MEDIA_KINDS:
+                    raise ValueError(f"kind must be one of {', '.join(p.MEDIA_KINDS)}")
+                topics.add(p.media_topic(room, sender, kind))
+        self.rooms.add(room)
+        self._whole_rooms.discard(room)
+        self._set_topics(room, topics)
 
     def unsubscribe(self, room: str) -> None:
         """Stop receiving ``room``'s frames."""
         self.rooms.discard(room)
+        self._whole_rooms.discard(room)
+        self._set_topics(room, set())
+
+    def topics(self, room: str) -> frozenset[bytes]:
+        """The SUB prefixes subscribed for ``room`` now."""
+        return frozenset(self._topics.get(room, ()))
+
+    def _set_topics(self, room: str, topics: set[bytes]) -> None:
+        old = self._topics.get(room, set())
         if self._sock is not None:
-            self._sock.setsockopt(zmq.UNSUBSCRIBE, p.media_room_topic(room))
+            for topic in old - topics:
+                self._sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+            for topic in topics - old:
+                self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if topics:
+            self._topics[room] = topics
+        else:
+            self._topics.pop(room, None)
 
     def stop(self) -> None:
         """Stop receiving, let the recorder write what is queued (at most
@@ -510,7 +604,6 @@ class MediaSubscriber:
                 "last_pts_ms": info.last_pts_ms,
                 "last_age_ms": round(info.last_age_ms, 1),
                 "stale": info.stale,
-                "filtered": info.filtered,
                 "shown": info.shown,
                 "max_shown_age_ms": round(info.max_shown_age_ms, 1),
             }
@@ -554,11 +647,8 @@ class MediaSubscriber:
 
     def _present(self, key: Key, frame: p.MediaFrame) -> None:
         """Hand a video frame to the viewer now, or later for A/V sync; drop it if it is late
-        (newest frame wins) or if the stream is filtered out (last-N)."""
+        (newest frame wins)."""
         info = self._streams[key]
-        if self.video_filter is not None and not self.video_filter(*key):
-            info.filtered += 1
-            return
         now_us = _now_us()
         age_ms = (now_us - frame.capture_ts_us) / 1000
         if info.min_age_ms is None or age_ms < info.min_age_ms:
@@ -587,7 +677,7 @@ class MediaSubscriber:
         info.shown += 1
         info.shown_age_ms = (now_us - frame.capture_ts_us) / 1000
         info.max_shown_age_ms = max(info.max_shown_age_ms, info.shown_age_ms)
-        self.viewer.show(key[0], key[1], frame.payload)
+        self.viewer.show(key[0], "video" if key[1] == "thumb" else key[1], frame.payload)
         if self.on_shown is not None:
             self.on_shown(frame, now_us)
 
@@ -627,8 +717,8 @@ class MediaSubscriber:
         if frame.sender == self.session.nick:
             self.drops.own += 1
             return None
-        handler = self.handlers.get(frame.kind) if frame.kind not in PUBLISHED_KINDS else None
-        if handler is None and (frame.codec != "jpeg" or frame.kind not in PUBLISHED_KINDS):
+        handler = self.handlers.get(frame.kind) if frame.kind not in VIEW_KINDS else None
+        if handler is None and (frame.codec != "jpeg" or frame.kind not in VIEW_KINDS):
             self.drops.other_codec += 1
             return None
         key = (frame.sender, frame.kind)
@@ -653,7 +743,7 @@ class MediaSubscriber:
                 self.on_frame(frame)
             except Exception:
                 log.exception("on_frame failed for a frame of %s/%s", *key)
-        if self.recorder is not None:
+        if self.recorder is not None and frame.kind != "thumb":  # records the full layer
             try:
                 self._record_queue.put_nowait((frame, received_ts_us))
             except gevent.queue.Full:
@@ -700,8 +790,14 @@ class Meeting:
     records what is received there (see :class:`~zmeet.devices.Recorder`); ``loop_video``
     starts the file again at its end.
 
+    ``audio`` sends the microphone (``input_device``) and plays the others' mix
+    (``output_device``; False: a playout clock without a sound card); ``listen`` plays it
+    without sending. ``max_streams`` N receives the video of only the N most recent speakers
+    (last-N). ``thumb_width`` (pixels; None: no simulcast) is the width of the thumbnail sent
+    beside the video and received for small tiles.
+
     Raises ValueError at construction for camera and video_file together, or a bad quality,
-    max_width, fps or monitor.
+    max_width, thumb_width, fps, monitor or max_streams.
     """
 
     def __init__(
@@ -720,11 +816,13 @@ class Meeting:
         record_dir: str | None = None,
         loop_video: bool = True,
         audio: bool = False,
+        listen: bool = False,
         input_device: int | str | None = None,
         output_device: int | str | None | bool = None,
         audio_codec: str | None = None,
         max_streams: int | None = None,
         av_sync: bool = True,
+        thumb_width: int | None = THUMB_WIDTH,
     ) -> None:
         if camera is not None and video_file is not None:
             raise ValueError("give a camera or a video file, not both")
@@ -750,6 +848,7 @@ class Meeting:
         self.record_dir = record_dir
         self.loop_video = loop_video
         self.audio = audio
+        self.listen = listen
         self.input_device = input_device
         self.output_device = output_device
         self.audio_codec = audio_codec
@@ -757,6 +856,9 @@ class Meeting:
             raise ValueError(f"max_streams must be an integer >= 0, got {max_streams!r}")
         self.max_streams = max_streams
         self.av_sync = av_sync
+        if thumb_width is not None:
+            check_encoding(quality, thumb_width)
+        self.thumb_width = thumb_width
         self.audio_lane: Any = None  # zmeet.client.audio.AudioLane
         self.muted = False
         self.states: dict[str, Any] = {}
@@ -765,6 +867,7 @@ class Meeting:
         self._state_seq = 0
         self.publisher: MediaPublisher | None = None
         self.subscriber: MediaSubscriber | None = None
+        self._video_shown: set[str] = set()
         self.viewer: Viewer | None = None
         self.recorder: Recorder | None = None
         self._publishing: list[_Publishing] = []
@@ -817,29 +920,110 @@ class Meeting:
         from .audio import AudioLane
 
         self.publisher = MediaPublisher(self.session, self.room)
-        if self.audio or self.record_dir is not None:
+        if self.audio or self.listen or self.record_dir is not None:
             self.audio_lane = AudioLane(
                 self.room, self.publisher, capture=self.audio,
                 input_device=self.input_device,
-                output_device=self.output_device if self.audio else False,
+                output_device=self.output_device if (self.audio or self.listen) else False,
                 codec=self.audio_codec, record_dir=self.record_dir,
             )
             self.audio_lane.start()
         lane = self.audio_lane
         self.subscriber = MediaSubscriber(
-            self.session, [self.room], viewer=self.viewer, recorder=self.recorder,
+            self.session, [], viewer=self.viewer, recorder=self.recorder,
             handlers={"state": self._on_state, **({"audio": lane.on_frame} if lane else {})},
             video_delay_ms=lane.mixer.audio_delay_ms if (lane and self.av_sync) else None,
-            video_filter=self._video_wanted if self.max_streams is not None else None,
         )
+        self.update_streams()
+        self.session.member_listeners.append(self._on_members)
         self.subscriber.start()
         if self.viewer is not None and hasattr(self.viewer, "set_meeting"):
             self.viewer.set_meeting(self)
+            self.publisher.on_encoded = self._on_encoded
         for item in self._publishing:
-            self.publisher.publish_source(
-                item.source, item.kind, item.fps, self.quality, self.max_width
-            )
+            self._publish(item)
         self._state_greenlet = gevent.spawn(self._state_loop)
+
+    def _publish(self, item: _Publishing) -> None:
+        assert self.publisher is not None
+        self.publisher.publish_source(
+            item.source, item.kind, item.fps, self.quality, self.max_width,
+            thumb_width=self.thumb_width if item.kind == "video" else None,
+        )
+
+    # what this participant receives: one SUB prefix per stream -----------------------------------
+
+    def wanted_streams(self) -> dict[str, set[str]]:
+        """``{sender: kinds}`` this participant subscribes to, for every other member of the
+        room (:meth:`Session.members`): ``state`` and ``screen`` always; ``audio`` when it
+        plays or records audio; a video layer for the senders the gallery shows
+        (:meth:`video_senders`), ``thumb`` while tiles are small (:meth:`video_layer`); and the
+        full ``video`` of everyone when recording."""
+        me = self.session.nick
+        others = [m for m in self.session.members(self.room) if m != me]
+        shown = set(self.video_senders(others))
+        layer = self.video_layer(len(others))
+        wanted: dict[str, set[str]] = {}
+        for sender in others:
+            kinds = {"state", "screen"}
+            if self.audio_lane is not None:
+                kinds.add("audio")
+            if self.recorder is not None:
+                kinds.add("video")
+            if sender in shown:
+                kinds.add(layer)
+            wanted[sender] = kinds
+        return wanted
+
+    def video_senders(self, others: list[str]) -> list[str]:
+        """Whose video the gallery shows, of ``others`` (in join order): everyone's, or with
+        ``max_streams`` N only the N who spoke most recently (Jitsi's last-N; those who never
+        spoke come after, in join order)."""
+        if self.max_streams is None:
+            return list(others)
+        order = {nick: i for i, nick in enumerate(others)}
+        ranked = sorted(others, key=lambda s: (-(self._last_spoke(s) or 0.0), order[s]))
+        return ranked[: self.max_streams]
+
+    def video_layer(self, others: int) -> str:
+        """``"video"`` if a participant's tile is wide enough for the full layer (more than
+        :data:`LARGE_TILE_FACTOR` thumbnails), else ``"thumb"``; always ``"video"`` without
+        simulcast or a window. The tiles are those of :func:`~zmeet.media.meeting_layout` for
+        this participant and ``others``, beside the stage while someone shares a screen."""
+        if self.thumb_width is None or self.viewer is None:
+            return "video"
+        from ..media.tiling import TILE_GAP_PX, meeting_layout
+
+        stage = any(getattr(st, "screen", False) for st in self.states.values())
+        _, rects = meeting_layout(1 + others, self.viewer.canvas_w, self.viewer.canvas_h,
+                                  stage=stage)
+        tile_w = min(r.w for r in rects) - 2 * TILE_GAP_PX
+        return "video" if tile_w > self.thumb_width * LARGE_TILE_FACTOR else "thumb"
+
+    def update_streams(self) -> None:
+        """Subscribe to :meth:`wanted_streams` (only what changed is (un)subscribed), and
+        clear the tiles of senders whose video is no longer received (no frozen pictures)."""
+        if self.subscriber is None:
+            return
+        wanted = self.wanted_streams()
+        before = self._video_shown
+        self._video_shown = {s for s, kinds in wanted.items() if kinds & {"video", "thumb"}}
+        self.subscriber.set_streams(self.room, wanted)
+        if self.viewer is not None:
+            for sender in before - self._video_shown:
+                self.viewer.remove(sender, "video")
+
+    def _on_members(self, room: str) -> None:
+        if room == self.room and not self._stopped:
+            self.update_streams()
+
+    def _on_encoded(self, kind: str, encoded: Any) -> None:
+        """The self-view: this participant's own video in its own tile, from the capture
+        (never a round trip through the broker)."""
+        if kind == "video" and self.viewer is not None:
+            others = sum(1 for m in self.session.members(self.room) if m != self.session.nick)
+            large = self.video_layer(others) == "video" or encoded.thumb is None
+            self.viewer.show(self.session.nick, "video", encoded.data if large else encoded.thumb)
 
     # media state and controls -------------------------------------------------------------------
 
@@ -870,6 +1054,7 @@ class Meeting:
 
         while True:
             self._send_state()
+            self.update_streams()  # last-N follows the active speakers
             gevent.sleep(STATE_INTERVAL_S)  # the state is repeated: late joiners learn it
 
     def _on_state(self, frame: p.MediaFrame) -> None:
@@ -886,6 +1071,8 @@ class Meeting:
                 self.viewer.remove(frame.sender, "video")
             if old.screen and not state.screen:
                 self.viewer.remove(frame.sender, "screen")
+        if old is None or old.screen != state.screen:
+            self.update_streams()  # a stage appears or goes: the tiles change size
 
     def forget(self, sender: str) -> None:
         """``sender`` left the room: drop their tiles, state and audio."""
@@ -921,25 +1108,12 @@ class Meeting:
         if item is None or self.publisher is None:
             raise LocalProtocolError(f"no {kind} source: join with --{kind}")
         if on and not self.publisher.publishing(kind):
-            self.publisher.publish_source(
-                item.source, kind, item.fps, self.quality, self.max_width
-            )
+            self._publish(item)
         elif not on:
             self.publisher.stop_kind(kind)
+            if self.viewer is not None:
+                self.viewer.remove(self.session.nick, kind)  # the self-view goes dark
         self._send_state()
-
-    def _video_wanted(self, sender: str, kind: str) -> bool:
-        """Last-N: a screen share always shows; video only from the ``max_streams`` senders
-        who spoke most recently (those who never spoke come after, in arrival order)."""
-        if kind == "screen" or self.max_streams is None:
-            return True
-        if self.subscriber is None:
-            return True
-        senders = sorted(
-            {s for (s, k) in self.subscriber._streams if k == "video"},
-            key=lambda s: -(self._last_spoke(s) or 0.0),
-        )
-        return sender in senders[: self.max_streams]
 
     def _last_spoke(self, sender: str) -> float | None:
         return None if self.audio_lane is None else self.audio_lane.mixer.last_spoke_s(sender)
@@ -963,6 +1137,8 @@ class Meeting:
         if self._stopped:
             return
         self._stopped = True
+        if self._on_members in self.session.member_listeners:
+            self.session.member_listeners.remove(self._on_members)
         if self._state_greenlet is not None:
             self._state_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
         if self.audio_lane is not None:
@@ -1011,5 +1187,5 @@ class Meeting:
 
 __all__ = [
     "DEFAULT_CAMERA_FPS", "DEFAULT_SCREEN_FPS", "MediaPublisher", "MediaSubscriber", "Meeting",
-    "PublishedStream",
+    "PublishedStream", "THUMB_WIDTH",
 ]

@@ -56,7 +56,10 @@ class CapturedImage:
 class EncodedImage:
     """One captured and JPEG-encoded frame: ``data`` the JPEG, ``width`` x ``height`` its size
     in pixels (after ``max_width`` scaling), ``pts_ms`` and ``capture_ts_us`` as in
-    :class:`CapturedImage`, ``capture_ms`` and ``encode_ms`` the time each step took."""
+    :class:`CapturedImage`, ``capture_ms`` and ``encode_ms`` the time each step took (the
+    thumbnail's encoding included). ``thumb`` is the same picture at most ``thumb_width``
+    pixels wide (``thumb_width`` x ``thumb_height``), when one was asked for: simulcast's low
+    layer; ``data`` itself when the picture is no wider than that."""
 
     data: bytes
     width: int
@@ -65,6 +68,9 @@ class EncodedImage:
     capture_ts_us: int
     capture_ms: float
     encode_ms: float
+    thumb: bytes | None = None
+    thumb_width: int = 0
+    thumb_height: int = 0
 
 
 class CaptureSource:
@@ -109,16 +115,22 @@ class CaptureSource:
         return self._thread.call(self._read_counted)
 
     def read_jpeg(
-        self, *, quality: int = DEFAULT_QUALITY, max_width: int = DEFAULT_MAX_WIDTH
+        self, *, quality: int = DEFAULT_QUALITY, max_width: int = DEFAULT_MAX_WIDTH,
+        thumb_width: int | None = None,
     ) -> EncodedImage | None:
         """The next frame read and JPEG-encoded (see :func:`~zmeet.devices.jpeg.encode_jpeg`)
         in one trip to the device's thread; None at the end of a file that does not loop.
+        With ``thumb_width`` (pixels) a thumbnail at most that wide is encoded too, from the
+        captured picture, at the same ``quality``.
 
-        Raises ValueError for a bad ``quality``/``max_width``, otherwise as :meth:`read`.
+        Raises ValueError for a bad ``quality``/``max_width``/``thumb_width``, otherwise as
+        :meth:`read`.
         """
         check_encoding(quality, max_width)
+        if thumb_width is not None:
+            check_encoding(quality, thumb_width)
         self._check_open()
-        return self._thread.call(self._read_jpeg, quality, max_width)
+        return self._thread.call(self._read_jpeg, quality, max_width, thumb_width)
 
     def close(self) -> None:
         """Release the device (in its thread) and stop the thread. Idempotent; logs, never
@@ -176,17 +188,27 @@ class CaptureSource:
             self.frames_read += 1
         return frame
 
-    def _read_jpeg(self, quality: int, max_width: int) -> EncodedImage | None:
+    def _read_jpeg(
+        self, quality: int, max_width: int, thumb_width: int | None = None
+    ) -> EncodedImage | None:
         t0 = time.perf_counter()
         frame = self._read_counted()
         if frame is None:
             return None
         t1 = time.perf_counter()
         data, width, height = encode_jpeg(frame.image, quality=quality, max_width=max_width)
+        thumb, thumb_w, thumb_h = None, 0, 0
+        if thumb_width is not None:
+            if width <= thumb_width:
+                thumb, thumb_w, thumb_h = data, width, height
+            else:
+                thumb, thumb_w, thumb_h = encode_jpeg(
+                    frame.image, quality=quality, max_width=thumb_width)
         t2 = time.perf_counter()
         return EncodedImage(
             data, width, height, frame.pts_ms, frame.capture_ts_us,
             capture_ms=(t1 - t0) * 1000, encode_ms=(t2 - t1) * 1000,
+            thumb=thumb, thumb_width=thumb_w, thumb_height=thumb_h,
         )
 
     def _open(self) -> None:

