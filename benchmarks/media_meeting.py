@@ -228,8 +228,17 @@ def _receive(endpoint: str, count: int, out: dict, ready: threading.Event,
     sub.close(0)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, all its threads (Linux)."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[bytes],
-                   probe: list[bytes], count: int) -> dict:
+                   probe: list[bytes], count: int, pid: int) -> dict:
     ctx = zmq.Context.instance()
     out: dict = {}
     ready, live = threading.Event(), threading.Event()
@@ -244,9 +253,11 @@ def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[
         dealer.send_multipart(probe)
         if live.wait(0.01):
             break
+    cpu0 = _cpu_s(pid)
     for _ in range(count):
         dealer.send_multipart(frames, copy=False)
     recv.join(60)
+    out["forwarder_cpu_us_per_frame"] = (_cpu_s(pid) - cpu0) / count * 1e6
     dealer.close(linger=0)
     out["sent"] = count
     return out
@@ -293,10 +304,10 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dic
                 for _ in range(rounds):
                     runs["broker"].append(_forward_round(
                         session.endpoints["media_in"], session.endpoints["media_out"],
-                        session.welcome.media_token, frames, probe, count))
+                        session.welcome.media_token, frames, probe, count, broker.pid))
                     runs["bare_proxy"].append(_forward_round(
                         proxy_endpoints["media_in"], proxy_endpoints["media_out"],
-                        b"sender", frames, probe, count))
+                        b"sender", frames, probe, count, proxy.pid))
             finally:
                 session.close()
     finally:
@@ -307,6 +318,7 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dic
         result[name] = {
             "mb_s": float(np.median([r["mb_s"] for r in rs])),
             "delivered_fraction": float(np.median([r["delivered"] / r["sent"] for r in rs])),
+            "cpu_us_per_frame": float(np.median([r["forwarder_cpu_us_per_frame"] for r in rs])),
             "rounds_mb_s": [round(r["mb_s"], 1) for r in rs],
         }
     result["ratio"] = result["broker"]["mb_s"] / max(1e-9, result["bare_proxy"]["mb_s"])

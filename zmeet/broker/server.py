@@ -647,7 +647,8 @@ class Broker:
         out.send(frames[4], zmq.NOBLOCK, copy=False)
 
 
-_MORE = zmq.SNDMORE | zmq.NOBLOCK
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def _recv_media_rest(sock: zmq.Socket, token: bytes) -> list:
@@ -657,10 +658,12 @@ def _recv_media_rest(sock: zmq.Socket, token: bytes) -> list:
     next read starts at a message boundary.
 
     One ``recv`` per part: pyzmq's ``recv_multipart(copy=False)`` costs about three times as
-    much for the small parts (measured: 23 µs against 7 µs per message).
+    much for the small parts (measured: 23 µs against 7 µs per message). ``get(RCVMORE)``, not
+    the ``rcvmore`` attribute, which goes through pyzmq's attribute and enum machinery (3 µs
+    against 1 µs, five times a message).
     """
     parts: list = [token]
-    while sock.rcvmore:
+    while sock.get(_RCVMORE):
         parts.append(sock.recv(copy=len(parts) != 4))
     return parts
 
