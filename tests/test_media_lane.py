@@ -347,6 +347,34 @@ def test_last_n_receives_only_the_latest_speakers_video(make_session, make_meeti
         speaker.kill()
 
 
+@pytest.mark.broker_config(heartbeat_interval_ms=100)
+def test_a_meeting_follows_a_broker_that_restarts_on_other_media_ports(
+    make_broker, connect, make_meeting
+) -> None:
+    """The control endpoint stays, the media endpoints change: the publisher reopens with its
+    new token at the new media_in, the subscriber reconnects to the new media_out, and the
+    member list (rejoined) gives the same streams again."""
+    first = make_broker(heartbeat_interval_ms=100)
+    alice, bob = connect("alice", first), connect("bob", first)
+    for session in (alice, bob):
+        session.join("room")
+    small = {"max_width": 160, "display": False}
+    make_meeting(alice, "room", video_file=str(VTEST), **small)
+    bob_meeting = make_meeting(bob, "room", **small)
+    sub = bob_meeting.subscriber
+    assert sub is not None
+    assert bob_meeting.wait_until(lambda: sub.received("alice", "video") >= 3, WAIT_S)
+    old = dict(first.endpoints)
+    first.stop()
+
+    second = make_broker(heartbeat_interval_ms=100, control=old["control"])
+    assert second.endpoints["media_out"] != old["media_out"]
+    before = sub.received("alice", "video")
+    assert bob_meeting.wait_until(lambda: sub.received("alice", "video") >= before + 5, WAIT_S), \
+        bob_meeting.stats()
+    assert bob.endpoints["media_out"] == second.endpoints["media_out"]
+
+
 class _FakeSession:
     """What MediaSubscriber uses of a Session, pointing at a test's own PUB."""
 

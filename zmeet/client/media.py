@@ -448,6 +448,7 @@ class MediaSubscriber:
         self._record_queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=record_queue_frames)
         self._progress = gevent.event.Event()
         self._sock: zmq_green.Socket | None = None
+        self._endpoint = ""
         self._recv_greenlet: gevent.Greenlet | None = None
         self._record_greenlet: gevent.Greenlet | None = None
         self._stopped = False
@@ -462,8 +463,10 @@ class MediaSubscriber:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
-        sock.connect(self.session.endpoints["media_out"])
+        self._endpoint = self.session.endpoints["media_out"]
+        sock.connect(self._endpoint)
         self._sock = sock
+        self.session.welcome_listeners.append(self._on_welcome)
         for topic in set().union(*self._topics.values()):  # chosen before start
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         for room in self._initial_rooms:
@@ -527,12 +530,24 @@ class MediaSubscriber:
         else:
             self._topics.pop(room, None)
 
+    def _on_welcome(self, welcome: p.Welcome) -> None:
+        """A broker that restarted on other ports: follow its ``media_out`` (the SUB keeps
+        its subscriptions across the reconnect)."""
+        endpoint = self.session.endpoints.get("media_out")
+        if self._sock is None or not endpoint or endpoint == self._endpoint:
+            return
+        self._sock.disconnect(self._endpoint)
+        self._sock.connect(endpoint)
+        self._endpoint = endpoint
+
     def stop(self) -> None:
         """Stop receiving, let the recorder write what is queued (at most
         :data:`STOP_TIMEOUT_S`), close the socket. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
+        if self._on_welcome in self.session.welcome_listeners:
+            self.session.welcome_listeners.remove(self._on_welcome)
         if self._recv_greenlet is not None:
             self._recv_greenlet.kill(block=True, timeout=STOP_TIMEOUT_S)
         if self._release_greenlet is not None:
