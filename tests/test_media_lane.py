@@ -383,6 +383,7 @@ class _FakeSession:
         self.nick = nick
         self.welcome = object()
         self.endpoints = {"media_out": media_out}
+        self.welcome_listeners: list = []
 
 
 class _FakeViewer:
