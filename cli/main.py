@@ -361,7 +361,8 @@ class ChatTerminal:
             joined = self.session.join(rest)
             self.current = joined.room
             self.out(f"-- joined #{joined.room} ({len(joined.members)} here: "
-                     f"{', '.join(joined.members)})" + (f"; topic: {safe(joined.topic)}" if joined.topic else ""))
+                     f"{', '.join(joined.members)})"
+                     + (f"; topic: {safe(joined.topic)}" if joined.topic else ""))
         elif command == "/leave":
             room = rest or self.current
             self.session.leave(room)
@@ -449,7 +450,8 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
     try:
         joined = session.join(room, history=history)
         term.out(f"-- joined #{joined.room} as {nick} ({len(joined.members)} here: "
-                 f"{', '.join(joined.members)})" + (f"; topic: {safe(joined.topic)}" if joined.topic else "")
+                 f"{', '.join(joined.members)})"
+                 + (f"; topic: {safe(joined.topic)}" if joined.topic else "")
                  + "; /help for commands")
         display = not no_display and _has_display()
         wants_media = video or video_file or screen or display or record_dir or audio or listen

@@ -37,8 +37,12 @@ class Proc:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._threads = [
-            threading.Thread(target=self._read, args=(self.popen.stdout, self.stdout, True), daemon=True),
-            threading.Thread(target=self._read, args=(self.popen.stderr, self.stderr, False), daemon=True),
+            threading.Thread(
+                target=self._read, args=(self.popen.stdout, self.stdout, True), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.popen.stderr, self.stderr, False), daemon=True
+            ),
         ]
         for t in self._threads:
             t.start()

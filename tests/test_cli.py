@@ -144,7 +144,9 @@ def test_history_survives_a_broker_restart(tmp_path):
     data = tmp_path / "data"
     first, endpoints = start_broker(data)
     for text in ("one", "two", "three"):
-        assert zmeet("say", "lobby", text, "--nick", "alice", broker=endpoints["control"]).wait() == 0
+        assert zmeet(
+            "say", "lobby", text, "--nick", "alice", broker=endpoints["control"]
+        ).wait() == 0
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     second, endpoints = start_broker(data)

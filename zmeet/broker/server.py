@@ -97,13 +97,18 @@ def derive_endpoints(control: str) -> dict[str, str]:
             out[lane] = f"tcp://{host}:{base + i}"
         return out
     if control.startswith(("ipc://", "inproc://")):
-        return {"control": control, **{lane: f"{control}-{lane.replace('_', '-')}" for lane in lanes}}
+        return {
+            "control": control,
+            **{lane: f"{control}-{lane.replace('_', '-')}" for lane in lanes},
+        }
     raise ValueError(f"endpoint {control!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
 
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/zmeet``, or ``~/.local/share/zmeet`` (XDG Base Directory spec)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(base) / "zmeet"
 
 

@@ -106,7 +106,9 @@ class Rooms:
         self._nicks[nick] = owner
         self._joined.setdefault(nick, set())
 
-    def release_nick(self, nick: str, reason_type: str = "leave", reason: str = "") -> list[RoomEvent]:
+    def release_nick(
+        self, nick: str, reason_type: str = "leave", reason: str = ""
+    ) -> list[RoomEvent]:
         """Take ``nick`` out of every room and free it. Returns the ``leave`` (or ``gone``)
         events to store and publish, one per room."""
         events = [

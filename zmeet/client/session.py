@@ -306,7 +306,9 @@ class Session:
     def set_topic(self, room: str, topic: str) -> None:
         self.request(p.SetTopic, room=room, topic=topic)
 
-    def history(self, room: str, after_seq: int, limit: int = MAX_HISTORY) -> tuple[p.RoomEvent, ...]:
+    def history(
+        self, room: str, after_seq: int, limit: int = MAX_HISTORY
+    ) -> tuple[p.RoomEvent, ...]:
         reply = self.request(p.History, room=room, after_seq=after_seq, limit=limit)
         assert isinstance(reply, p.Events)
         return reply.events

@@ -57,10 +57,10 @@ from .messages import (
 
 __all__ = [
     "ALL_MESSAGES", "HEADER", "HEARTBEAT_TOPIC", "MEDIA_KINDS", "PROTOCOL_VERSION", "PUBLISHED",
-    "REPLIES", "REQUESTS", "ROOM_EVENT_TYPES", "Bye", "Direct", "Error", "ErrorCode", "Events", "Heartbeat",
-    "Hello", "History", "Info", "Join", "Joined", "Leave", "LocalProtocolError", "MediaFrame",
-    "Message", "Ok", "Ping", "Pong", "Posted", "ProtocolError", "RemoteProtocolError", "Reply",
-    "Request", "RoomEvent", "RoomInfo", "Say", "SetTopic", "Welcome", "decode",
+    "REPLIES", "REQUESTS", "ROOM_EVENT_TYPES", "Bye", "Direct", "Error", "ErrorCode", "Events",
+    "Heartbeat", "Hello", "History", "Info", "Join", "Joined", "Leave", "LocalProtocolError",
+    "MediaFrame", "Message", "Ok", "Ping", "Pong", "Posted", "ProtocolError", "RemoteProtocolError",
+    "Reply", "Request", "RoomEvent", "RoomInfo", "Say", "SetTopic", "Welcome", "decode",
     "decode_published", "encode", "encode_published", "is_valid_nick", "is_valid_room",
     "media_room_topic", "media_topic", "register", "room_topic", "topic_of",
 ]

@@ -28,7 +28,8 @@ ROOM_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ROOM_LENGTH}}}")
 DEFAULT_ROOM = "lobby"
 
 MAX_TEXT_BYTES = 4096
-"""Largest chat message, in bytes of UTF-8. A longer one gets MESSAGE_TOO_LARGE, never truncation."""
+"""Largest chat message, in bytes of UTF-8. A longer one gets MESSAGE_TOO_LARGE, never
+truncation."""
 
 MAX_ROOM_TOPIC_BYTES = 256
 """Largest room topic, in bytes of UTF-8."""

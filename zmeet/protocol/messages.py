@@ -148,8 +148,8 @@ class RoomEvent(Message):
     ``seq`` is the room's sequence number (1, 2, ...), ``id`` a message id unique on this
     broker, ``ts_ms`` the broker's wall clock in milliseconds since the Unix epoch, ``sender``
     (``from`` on the wire) the nick the broker took from the connection. ``type`` is one of
-    :data:`ROOM_EVENT_TYPES` or a newer one (an open set: 1 to 32 of ``[a-z0-9-]``); ``text`` is the chat text, the new room topic, or the reason of a
-    leave or gone.
+    :data:`ROOM_EVENT_TYPES` or a newer one (an open set: 1 to 32 of ``[a-z0-9-]``); ``text``
+    is the chat text, the new room topic, or the reason of a leave or gone.
     """
 
     COMMAND: ClassVar[bytes] = b"EVENT"
