@@ -266,11 +266,14 @@ def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[
 def _bare_proxy_process() -> None:
     """``--bare-proxy``: ROUTER -> PUB ``zmq.proxy`` with the broker's media-lane options."""
     from zmeet.broker.server import MEDIA_IN_HWM, MEDIA_OUT_HWM
+    from zmeet.protocol.limits import MEDIA_SOCKET_BUFFER_BYTES
 
     ctx = zmq.Context()
     front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
     front.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
+    front.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
     back.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
+    back.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)
     fport = front.bind_to_random_port("tcp://127.0.0.1")
     bport = back.bind_to_random_port("tcp://127.0.0.1")
     print(json.dumps({"media_in": f"tcp://127.0.0.1:{fport}",

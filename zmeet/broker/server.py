@@ -50,6 +50,7 @@ from ..protocol.limits import (
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
     MAX_TEXT_BYTES,
+    MEDIA_SOCKET_BUFFER_BYTES,
     PROTOCOL_VERSION,
 )
 from ..protocol.messages import MEDIA_KINDS, MediaFrame
@@ -211,8 +212,10 @@ class Broker:
         self._media_in.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._media_in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
         self._media_in.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
+        self._media_in.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
         self._media_out = ctx.socket(zmq.PUB)
         self._media_out.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
+        self._media_out.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)
         sockets = {
             "control": self._control,
             "events": self._events,

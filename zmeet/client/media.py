@@ -49,7 +49,11 @@ from ..errors import DeviceError, LocalProtocolError
 from ..media import FpsMeter, Pacer, SeqTracker
 from ..media.audio import video_due_us
 from ..media.jitter import DelayLine
-from ..protocol.limits import MAX_MEDIA_FRAME_BYTES, MAX_MEDIA_META_BYTES
+from ..protocol.limits import (
+    MAX_MEDIA_FRAME_BYTES,
+    MAX_MEDIA_META_BYTES,
+    MEDIA_SOCKET_BUFFER_BYTES,
+)
 from .session import Session
 
 log = logging.getLogger("zmeet.media")
@@ -183,6 +187,7 @@ class MediaPublisher:
         sock = self.session.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+        sock.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)
         sock.setsockopt(zmq.IDENTITY, media_token)  # the broker knows the sender by it
         sock.connect(self.session.endpoints["media_in"])
         self._token = media_token
@@ -462,6 +467,7 @@ class MediaSubscriber:
         sock = self.session.context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
         self._endpoint = self.session.endpoints["media_out"]
         sock.connect(self._endpoint)

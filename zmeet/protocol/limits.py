@@ -46,6 +46,12 @@ MAX_MEDIA_FRAME_BYTES = 8 * 1024 * 1024
 MAX_MEDIA_META_BYTES = 4096
 """Largest media metadata body."""
 
+MEDIA_SOCKET_BUFFER_BYTES = 256 * 1024
+"""Kernel buffer (``ZMQ_SNDBUF``, ``ZMQ_RCVBUF``) of every media-lane TCP socket, both sides:
+a few 1280x720 frames. Left to itself, Linux grows a TCP buffer to megabytes (``tcp_wmem``,
+``tcp_rmem``), where a slow link would queue seconds of video out of ZeroMQ's high-water
+marks' reach: newest-frame-wins needs the kernel's queues short too."""
+
 DEFAULT_HISTORY = 50
 """Chat messages a JOIN returns when it does not say how many."""
 
