@@ -114,17 +114,20 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
     sent = {"video": 0, "thumb": 0, "audio": 0}
     pool = gevent.get_hub().threadpool
 
-    def encode(image):  # the capture thread's work: full size and thumbnail
+    def encode(image, thumb: bool):  # the capture thread's work: full size and thumbnail
         return (encode_jpeg(image, quality=80, max_width=FRAME_W),
-                encode_jpeg(image, quality=80, max_width=THUMB_WIDTH))
+                encode_jpeg(image, quality=80, max_width=THUMB_WIDTH) if thumb else None)
 
     def video() -> None:
         pacer = Pacer(FPS, time.monotonic)
         for seq in range(10**9):
             gevent.sleep(pacer.delay_s())
             ts = _now_us()  # capture
-            (jpeg, w, h), (thumb, tw, th) = pool.apply(encode, (frames[seq % len(frames)],))
-            for kind, data, width, height in (("thumb", thumb, tw, th), ("video", jpeg, w, h)):
+            full, small = pool.apply(encode, (frames[seq % len(frames)], pub.wanted("thumb")))
+            for kind, layer in (("thumb", small), ("video", full)):
+                if layer is None or not pub.wanted(kind):  # MEDIA-DEMAND: no one takes it
+                    continue
+                data, width, height = layer
                 if pub.send_frame(p.MediaFrame(
                         room=ROOM, kind=kind, seq=seq, capture_ts_us=ts, pts_ms=seq * 33,
                         width=width, height=height, fps=FPS, codec="jpeg", payload=data)):

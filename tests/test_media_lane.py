@@ -375,6 +375,45 @@ def test_a_meeting_follows_a_broker_that_restarts_on_other_media_ports(
     assert bob.endpoints["media_out"] == second.endpoints["media_out"]
 
 
+def test_a_sender_sends_only_the_layers_someone_receives(make_session, make_meeting) -> None:
+    """MEDIA-DEMAND (docs/protocol.md, 3.9.5): the broker's XPUB sees which of alice's
+    streams have subscribers, and her publisher suspends the others: the thumbnail while bob
+    takes the full video, the full video while he takes the thumbnail, both when he goes."""
+    alice = make_session("alice", "room")
+    bob = make_session("bob", "room")
+    meeting = make_meeting(alice, "room", video_file=str(VTEST), max_width=640, display=False)
+    publisher = meeting.publisher
+    assert publisher is not None
+    sub = MediaSubscriber(bob, [])
+    sub.set_streams("room", {"alice": {"video"}})
+    sub.start()
+    try:
+        def sent(kind: str) -> int:
+            stats = publisher.stats()["video"]
+            return stats["sent"] if kind == "video" else stats["thumb_sent"]
+
+        def suspended(kind: str) -> int:
+            stats = publisher.stats()["video"]
+            return stats["suspended"] if kind == "video" else stats["thumb_suspended"]
+
+        for wanted, unwanted in (("video", "thumb"), ("thumb", "video")):
+            sub.set_streams("room", {"alice": {wanted}})
+            assert publisher.wait_until(lambda: publisher.demand == {wanted}, WAIT_S), \
+                publisher.demand  # noqa: B023 (the lambdas run before the loop goes on)
+            held, flowing = sent(unwanted), sent(wanted)
+            assert publisher.wait_until(
+                lambda: sent(wanted) >= flowing + 5 and suspended(unwanted) >= 5, WAIT_S)  # noqa: B023
+            assert sent(unwanted) == held  # not one more frame of the layer no one takes
+            assert sub.received("alice", wanted) > 0
+        sub.stop()  # bob's SUB goes: the broker sees its last unsubscription
+        assert publisher.wait_until(lambda: publisher.demand == frozenset(), WAIT_S)
+        video, thumb = sent("video"), sent("thumb")
+        assert publisher.wait_until(lambda: suspended("video") >= 5 + video, WAIT_S)
+        assert (sent("video"), sent("thumb")) == (video, thumb)
+    finally:
+        sub.stop()
+
+
 class _FakeSession:
     """What MediaSubscriber uses of a Session, pointing at a test's own PUB."""
 

@@ -60,6 +60,7 @@ EXAMPLES: dict[type[p.Message], p.Message] = {
     p.MediaFrame: p.MediaFrame(room="lobby", kind="video", seq=0, capture_ts_us=1, pts_ms=33,
                                width=640, height=480, fps=29.97, codec="jpeg", sender="bob",
                                payload=b"\xff\xd8jpeg\x00bytes"),
+    p.MediaDemand: p.MediaDemand(room="lobby", kinds=("thumb", "audio", "state")),
 }
 
 

@@ -152,6 +152,8 @@ class ClientSession:
     media_token: bytes
     last_seen: float
     replies: OrderedDict[int, list[bytes]] = field(default_factory=OrderedDict)
+    media_demand: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per room, the kinds of this client's media last told wanted (MEDIA-DEMAND)."""
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -180,6 +182,8 @@ class Broker:
         self.endpoints: dict[str, str] = {}
         self.sessions: dict[bytes, ClientSession] = {}
         self._by_token: dict[bytes, ClientSession] = {}
+        self._media_subscriptions: set[bytes] = set()
+        """Topic prefixes someone subscribes to on the media-out XPUB."""
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._control_greenlet: gevent.Greenlet | None = None
@@ -217,7 +221,9 @@ class Broker:
         self._media_in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
         self._media_in.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
         self._media_in.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
-        self._media_out = ctx.socket(zmq.PUB)
+        # XPUB: a PUB that also tells the broker which topics have subscribers (the first
+        # subscription to a topic and the last unsubscription, disconnects included)
+        self._media_out = ctx.socket(zmq.XPUB)
         self._media_out.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
         self._media_out.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)
         sockets = {
@@ -244,6 +250,7 @@ class Broker:
         self._greenlets = [
             self._control_greenlet,
             gevent.spawn(self._media_loop),
+            gevent.spawn(self._media_demand_loop),
             gevent.spawn(self._heartbeat_loop),
             gevent.spawn(self._tick_loop),
         ]
@@ -602,6 +609,9 @@ class Broker:
                 except zmq.Again:
                     break
                 self._on_media(_recv_media_rest(raw, token))
+            # the raw sends may have taken the XPUB's ZMQ_FD edge that the demand greenlet
+            # waits on (a subscription arrived meanwhile): re-check through the green socket
+            self._media_out.get(zmq.EVENTS)
             gevent.sleep(0)
 
     def _on_media(self, frames: list) -> None:
@@ -652,14 +662,53 @@ class Broker:
         # per part: pyzmq's send_multipart(copy=False) wraps each small part in a Frame, which
         # costs more than copying it.
         out = self._media_out_raw
-        out.send(p.media_topic(room, session.nick, kind), _MORE)
-        out.send(HEADER, _MORE)
-        out.send(MediaFrame.COMMAND, _MORE)
-        out.send(meta, _MORE)
-        out.send(frames[4], zmq.NOBLOCK, copy=False)
+        out.send(p.media_topic(room, session.nick, kind), _NOBLOCK_SNDMORE)
+        out.send(HEADER, _NOBLOCK_SNDMORE)
+        out.send(MediaFrame.COMMAND, _NOBLOCK_SNDMORE)
+        out.send(meta, _NOBLOCK_SNDMORE)
+        out.send(frames[4], _NOBLOCK, copy=False)
+        if room not in session.media_demand:  # its first frame here: tell it what is wanted
+            self._tell_demand(session, room)
 
+    # media demand: which streams anyone receives (simulcast layer suspension) --------------
 
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+    def _media_demand_loop(self) -> None:
+        """Read the media-out XPUB's subscription messages (``1`` or ``0`` and a topic prefix;
+        libzmq passes a topic's first subscription and its last unsubscription only) and tell
+        each sender whose demand changed (docs/protocol.md, 3.9.5)."""
+        sock = self._media_out
+        while True:
+            message = sock.recv()
+            if not message or message[0] not in (0, 1):
+                continue
+            prefix = message[1:]
+            if message[0]:
+                self._media_subscriptions.add(prefix)
+            else:
+                self._media_subscriptions.discard(prefix)
+            self._demand_changed(prefix)
+
+    def _demand_changed(self, prefix: bytes) -> None:
+        """Tell every sender in the room(s) ``prefix`` can match, whose demand changed."""
+        assert self.rooms is not None
+        room = prefix[len(b"media/"):].split(b"/", 1)[0] if prefix.startswith(b"media/") else b""
+        complete = prefix.startswith(b"media/") and b"/" in prefix[len(b"media/"):]
+        for session in list(self.sessions.values()):
+            for name in list(session.media_demand):
+                if not complete or name.encode() == room:
+                    self._tell_demand(session, name)
+
+    def media_demand(self, room: str, nick: str) -> tuple[str, ...]:
+        """The kinds of ``nick``'s media in ``room`` that at least one subscriber takes."""
+        topics = [p.media_topic(room, nick, kind) for kind in MEDIA_KINDS]
+        return tuple(kind for kind, topic in zip(MEDIA_KINDS, topics, strict=True)
+                     if any(topic.startswith(prefix) for prefix in self._media_subscriptions))
+
+    def _tell_demand(self, session: ClientSession, room: str) -> None:
+        kinds = self.media_demand(room, session.nick)
+        if session.media_demand.get(room) != kinds:
+            session.media_demand[room] = kinds
+            self.send_direct(session, p.MediaDemand(room=room, kinds=kinds))
 _RCVMORE = int(zmq.RCVMORE)
 
 

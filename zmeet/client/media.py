@@ -127,6 +127,8 @@ class PublishedStream:
     thumb_sent: int = 0
     thumb_dropped: int = 0
     thumb_bytes: int = 0
+    suspended: int = 0
+    thumb_suspended: int = 0
     capture_ms_total: float = 0.0
     encode_ms_total: float = 0.0
     captured: int = 0
@@ -146,6 +148,8 @@ class PublishedStream:
             "thumb_sent": self.thumb_sent,
             "thumb_dropped": self.thumb_dropped,
             "thumb_bytes": self.thumb_bytes,
+            "suspended": self.suspended,
+            "thumb_suspended": self.thumb_suspended,
             "fps": round(self.meter.fps(), 2),
             "mean_fps": round(self.meter.mean_fps(), 2),
             "capture_ms": round(self.capture_ms_total / n, 3),
@@ -181,7 +185,13 @@ class MediaPublisher:
         self.on_encoded: Callable[[str, Any], None] | None = None
         """Called on the hub with ``(kind, EncodedImage)`` for each frame captured, sent or
         not (the self-view); it must not block."""
+        self.demand: frozenset[str] | None = None
+        """The kinds anyone receives from this sender in ``room`` (MEDIA-DEMAND), or None
+        until the broker tells: ``video`` and ``thumb`` frames no one receives are not sent
+        (nor encoded, for the thumbnail) and are counted as suspended."""
+        self._progress = gevent.event.Event()
         session.welcome_listeners.append(self._on_welcome)
+        session.direct_handlers[p.MediaDemand] = self._on_demand
 
     def _open_socket(self, media_token: bytes) -> None:
         sock = self.session.context.socket(zmq.DEALER)
@@ -194,11 +204,39 @@ class MediaPublisher:
         self._sock = sock
         self._raw: zmq.Socket = zmq.Socket.shadow(sock.underlying)
 
+    def _on_demand(self, message: p.Message) -> None:
+        assert isinstance(message, p.MediaDemand)
+        if message.room == self.room:
+            self.demand = frozenset(message.kinds)
+            self._notify()
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, gevent.event.Event()
+        event.set()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (cooperatively) until ``predicate()`` is true, re-checking it after each frame
+        captured and each MEDIA-DEMAND, for at most ``timeout_s``. Returns its last value."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            event = self._progress
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._sock is None:
+                return bool(predicate())
+            event.wait(remaining)
+
+    def wanted(self, kind: str) -> bool:
+        """Whether to send ``kind`` now: always until the broker told the demand."""
+        return self.demand is None or kind in self.demand
+
     def _on_welcome(self, welcome: p.Welcome) -> None:
         """After a reconnect the broker gives a new media token (and maybe new endpoints):
         open a new DEALER with it. Sending greenlets pick the new socket at their next frame."""
         if self._sock is None or welcome.media_token == self._token:
             return
+        self.demand = None  # a new session: the broker tells again after the first frame
         old = self._sock
         self._open_socket(welcome.media_token)
         old.close(linger=0)
@@ -260,9 +298,11 @@ class MediaPublisher:
             stream.skipped = pacer.skipped
             if delay_s > 0:
                 gevent.sleep(delay_s)  # pacing: wait for the next capture deadline
+            thumb_wanted = thumb_width is not None and self.wanted("thumb")
             try:
                 encoded = source.read_jpeg(
-                    quality=quality, max_width=max_width, thumb_width=thumb_width)
+                    quality=quality, max_width=max_width,
+                    thumb_width=thumb_width if thumb_wanted else None)
             except DeviceError as exc:
                 stream.error = str(exc)
                 log.error("%s stopped: %s", source.name, exc)
@@ -271,6 +311,7 @@ class MediaPublisher:
                 stream.ended = True
                 log.info("%s ended", source.name)
                 return
+            self._notify()
             stream.captured += 1
             stream.capture_ms_total += encoded.capture_ms
             stream.encode_ms_total += encoded.encode_ms
@@ -279,7 +320,10 @@ class MediaPublisher:
                     self.on_encoded(stream.kind, encoded)
                 except Exception:
                     log.exception("on_encoded failed")
-            if encoded.thumb is not None and len(encoded.thumb) <= self.max_frame_bytes:
+            thumb_wanted = thumb_wanted and self.wanted("thumb")  # the demand may have changed
+            if thumb_width is not None and not thumb_wanted:
+                stream.thumb_suspended += 1
+            elif encoded.thumb is not None and len(encoded.thumb) <= self.max_frame_bytes:
                 thumb = p.MediaFrame(
                     room=self.room, kind="thumb", seq=thumb_seq,
                     capture_ts_us=encoded.capture_ts_us, pts_ms=encoded.pts_ms,
@@ -299,6 +343,9 @@ class MediaPublisher:
                     return
             if len(encoded.data) > self.max_frame_bytes:
                 stream.oversize += 1
+                continue
+            if not self.wanted(stream.kind):  # no one receives it: suspended, not sent
+                stream.suspended += 1
                 continue
             frame = p.MediaFrame(
                 room=self.room, kind=stream.kind, seq=seq, capture_ts_us=encoded.capture_ts_us,
@@ -354,6 +401,8 @@ class MediaPublisher:
         self.stop()
         if self._on_welcome in self.session.welcome_listeners:
             self.session.welcome_listeners.remove(self._on_welcome)
+        if self.session.direct_handlers.get(p.MediaDemand) == self._on_demand:
+            del self.session.direct_handlers[p.MediaDemand]
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close(linger=0)

@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import gevent
@@ -97,6 +97,9 @@ class Session:
         """Callables given each WELCOME, the first and those after a reconnect (the media lane
         takes its new ``media_token`` from them)."""
         self.endpoints: dict[str, str] = {}
+        self.direct_handlers: dict[type, Callable[[p.Message], None]] = {}
+        """``{Direct subclass: handler}``: such a message goes to its handler (on the hub; it
+        must not block) instead of :attr:`events` (the media publisher takes MEDIA-DEMAND)."""
         self.member_listeners: list = []
         """Callables given a room's name each time its member list changes (see
         :meth:`members`): the media lane subscribes to each member's streams from it."""
@@ -329,7 +332,14 @@ class Session:
                 log.warning("bad reply from the broker: %s", exc.reason)
                 continue
             if isinstance(reply, p.Direct):  # unasked: a challenge, a file offer
-                self.events.put(reply)
+                handler = self.direct_handlers.get(type(reply))
+                if handler is None:
+                    self.events.put(reply)
+                    continue
+                try:
+                    handler(reply)
+                except Exception:
+                    log.exception("the handler of %s failed", reply.COMMAND.decode())
                 continue
             req_id = getattr(reply, "req_id", -1)
             if req_id == 0 and isinstance(reply, p.Error):

@@ -291,7 +291,21 @@ class MediaFrame(Message):
     payload: bytes = field(default=b"", repr=False)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaDemand(Direct):
+    """Which of this client's media streams in ``room`` anyone receives: ``kinds``, a subset of
+    :data:`MEDIA_KINDS` (docs/protocol.md, 3.9.5). Sent by the broker when it changes, and
+    after the client's first frame in the room. A sender SHOULD stop sending a ``video`` or
+    ``thumb`` no one receives (simulcast layer suspension) and resume when it is wanted."""
+
+    COMMAND: ClassVar[bytes] = b"MEDIA-DEMAND"
+    room: str
+    kinds: tuple[str, ...]
+
+
 REQUESTS: tuple[type[Request], ...] = (Hello, Join, Leave, Say, History, Info, SetTopic, Ping, Bye)
 REPLIES: tuple[type[Reply], ...] = (Welcome, Joined, Posted, Events, RoomInfo, Pong, Ok, Error)
 PUBLISHED: tuple[type[Message], ...] = (RoomEvent, Heartbeat)
-ALL_MESSAGES: tuple[type[Message], ...] = REQUESTS + REPLIES + PUBLISHED + (MediaFrame,)
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    REQUESTS + REPLIES + PUBLISHED + (MediaFrame, MediaDemand)
+)
