@@ -331,6 +331,30 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dic
     return result
 
 
+def summary(data: dict) -> str:
+    """The figures as Markdown tables (the full JSON goes to ``benchmarks/results/``)."""
+    from benchmarks.common import table
+
+    fwd = data["forwarding"]
+    rows = [{"forwarder": name, "MB/s delivered": fwd[name]["mb_s"],
+             "delivered fraction": fwd[name]["delivered_fraction"],
+             "CPU µs per frame": fwd[name]["cpu_us_per_frame"],
+             "rounds MB/s": " ".join(str(v) for v in fwd[name]["rounds_mb_s"])}
+            for name in ("broker", "bare_proxy")]
+    out = [f"Forwarding, {fwd['payload_bytes']} B frames, {fwd['frames_per_round']} a round "
+           f"(medians): broker / bare proxy = {fwd['ratio']:.2f}", "",
+           table(rows, list(rows[0])), ""]
+    meet = data.get("meeting")
+    if meet:
+        g2g = meet["glass_to_glass_ms"]
+        out += [f"Meeting of {meet['participants']} at {meet['size']}, {meet['target_fps']:g} fps "
+                f"target: glass to glass p50 {g2g['p50']:.1f} ms, p99 {g2g['p99']:.1f} ms "
+                f"({g2g['n']} frames); shown fps per tile {meet['shown_fps_per_receiver']}; "
+                f"CPU per participant {meet['cpu_per_participant']} cores; video frames lost "
+                f"{meet['video_frames_lost']}."]
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--participant")
@@ -348,7 +372,7 @@ def main() -> None:
     data = {"forwarding": forwarding()}
     if args.participants:
         data["meeting"] = meeting(args.participants, args.seconds)
-    print(json.dumps(data, indent=2))
+    print(summary(data))
     save("media_meeting", data)
 
 

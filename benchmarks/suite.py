@@ -39,10 +39,11 @@ SMOKE = {
     "scale": {"clients": 1000, "procs": 4, "seconds": 5},
     "external_timeout_s": 300,
 }
-EXTERNAL = {"games": "games_rtt", "files": "files_throughput"}
+EXTERNAL = {"games": "games_rtt", "files": "files_throughput", "meeting": "media_meeting"}
 SMOKE_ARGS = {
     "games_rtt": {"--seconds": "3", "--warmup": "1"},
     "files_throughput": {"--size-mib": "64"},
+    "media_meeting": {"--seconds": "4"},
 }
 """Short-run options for the other issues' benchmarks, passed only if their ``--help`` lists
 them (and only when they do not take ``--smoke`` themselves)."""
@@ -320,7 +321,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="the short run (CI)")
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the py-spy pass over the broker (full run only)")
-    parser.add_argument("--only", default="chat,media,scale,games,files",
+    parser.add_argument("--only", default="chat,media,scale,games,files,meeting",
                         help="comma-separated parts to run")
     args = parser.parse_args()
     cfg = SMOKE if args.smoke else FULL
