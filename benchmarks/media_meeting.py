@@ -284,9 +284,11 @@ def _bare_proxy_process() -> None:
     zmq.proxy(front, back)  # until terminated
 
 
-def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dict:
+def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS,
+               payload_bytes: int = FORWARD_PAYLOAD_BYTES) -> dict:
     """MB/s delivered through the broker's media lane and through a bare ROUTER->PUB proxy
-    (each in its own process, the same socket options), alternating ``rounds`` times."""
+    (each in its own process, the same socket options), alternating ``rounds`` times, with
+    frames of ``payload_bytes``."""
     from benchmarks.common import broker_process
     from zmeet import protocol as p
     from zmeet.client.session import Session
@@ -296,7 +298,7 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dic
             room=ROOM, kind="video", seq=0, capture_ts_us=1, pts_ms=0, width=1280, height=720,
             fps=30.0, codec="jpeg", payload=bytes(nbytes)))
 
-    frames, probe = frame(FORWARD_PAYLOAD_BYTES), frame(PROBE_PAYLOAD_BYTES)
+    frames, probe = frame(payload_bytes), frame(PROBE_PAYLOAD_BYTES)
     runs: dict[str, list[dict]] = {"broker": [], "bare_proxy": []}
     proxy = subprocess.Popen([sys.executable, "-m", "benchmarks.media_meeting", "--bare-proxy"],
                              stdout=subprocess.PIPE, text=True)
@@ -319,7 +321,7 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS) -> dic
     finally:
         proxy.terminate()
         proxy.wait(10)
-    result: dict = {"payload_bytes": FORWARD_PAYLOAD_BYTES, "frames_per_round": count}
+    result: dict = {"payload_bytes": payload_bytes, "frames_per_round": count}
     for name, rs in runs.items():
         result[name] = {
             "mb_s": float(np.median([r["mb_s"] for r in rs])),
