@@ -279,6 +279,42 @@ def test_bad_file_requests_get_errors_and_the_broker_goes_on(broker, raw_dealer,
     assert bob.files.list("share")[0].id == info.id
 
 
+def test_a_download_has_at_most_16_mib_of_chunks_in_flight(broker, raw_dealer, roundtrip, recv,
+                                                           peer, tmp_path):
+    alice = peer("alice")
+    src = make_file(tmp_path / "c.bin", 32 * MiB + 3)
+    info = alice.files.upload(src, room="share")
+    dealer = raw_dealer()
+    ids = iter(range(1, 1000))
+
+    def ask(cls, **fields):
+        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+
+    ask(p.Hello, nick="raw")
+    (files,) = [s for s in broker.services if isinstance(s, FilesService)]
+    stream = ask(pf.FileGet, id=info.id, credit=1000)
+    assert isinstance(stream, pf.FileStream)
+    assert stream.chunk_bytes == pf.MAX_FILE_CHUNK_BYTES  # the largest a control frame carries
+    most = 16 * MiB // stream.chunk_bytes
+    got = bytearray()
+
+    def take(n: int) -> None:
+        for _ in range(n):
+            chunk = recv(dealer)
+            assert isinstance(chunk, pf.FileChunk) and chunk.offset == len(got)
+            assert len(chunk.data) == min(stream.chunk_bytes, info.size - len(got))
+            got.extend(chunk.data)
+
+    take(most)  # FILE-GET's credit was clipped: the broker waits for more
+    assert files.downloads[stream.download].credit == 0
+    assert isinstance(ask(pf.FileCredit, download=stream.download, credit=1000), p.Ok)
+    take(most)  # and so was FILE-CREDIT's
+    assert files.downloads[stream.download].credit == 0
+    assert isinstance(ask(pf.FileCredit, download=stream.download, credit=1), p.Ok)
+    take(1)
+    assert len(got) == info.size and bytes(got) == src.read_bytes()
+
+
 # --- integrity ------------------------------------------------------------------------------------
 
 

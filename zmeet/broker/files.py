@@ -78,6 +78,23 @@ CATCH_UP_BYTES = 8 * 1024 * 1024
 
 EXPIRY_CHECK_S = 1.0
 
+CHUNK_BYTES = pf.MAX_FILE_CHUNK_BYTES
+"""Chunk size this broker asks for (FILE-READY) and sends (FILE-STREAM), in octets: the largest
+the protocol allows (one control frame). Twice ``pf.FILE_CHUNK_BYTES``: each chunk costs a
+request and its reply, a decode and threadpool round trips, and 512 KiB chunks ran about a
+quarter slower (benchmarks/NOTES.md, "Files")."""
+
+UPLOAD_WINDOW = max(1, min(pf.UPLOAD_WINDOW,
+                           pf.UPLOAD_WINDOW * pf.FILE_CHUNK_BYTES // CHUNK_BYTES))
+"""FILE-READY ``window``: FILE-DATA a client may have without their FILE-ACK. 8 MiB of chunks
+(``pf.UPLOAD_WINDOW`` chunks of ``pf.FILE_CHUNK_BYTES``), so 8 of CHUNK_BYTES: bigger chunks
+keep the memory an upload holds where it was (a window of 16 was no faster)."""
+
+MAX_CREDIT = max(1, min(pf.MAX_CREDIT, pf.MAX_CREDIT * pf.FILE_CHUNK_BYTES // CHUNK_BYTES))
+"""Most chunks of credit a download keeps (FILE-GET's and FILE-CREDIT's are clipped to it):
+16 MiB of chunks (``pf.MAX_CREDIT`` chunks of ``pf.FILE_CHUNK_BYTES``), so 16 of CHUNK_BYTES,
+and never more than ``pf.MAX_CREDIT``."""
+
 READ_AHEAD_CHUNKS = 4
 """Most chunks of a download read from disk in one threadpool job."""
 
@@ -415,7 +432,7 @@ class FilesService(Service):
                  "resumes" if up.received and not up.complete else "uploads",
                  req.name, format_size(req.size), up.received)
         return pf.FileReady(req_id=req.req_id, upload=up.upload_id, offset=up.received,
-                            chunk_bytes=pf.FILE_CHUNK_BYTES, window=pf.UPLOAD_WINDOW)
+                            chunk_bytes=CHUNK_BYTES, window=UPLOAD_WINDOW)
 
     def _check_put(self, session: ClientSession, req: pf.FilePut) -> None:
         if not is_sha256(req.sha256):
@@ -680,7 +697,7 @@ class FilesService(Service):
             log.error("file %s: blob %s is missing", info.id, blob)
             raise ChatError(p.ErrorCode.INTERNAL_ERROR, "the broker lost this file's content")
         dl = _Download(secrets.token_hex(8), session, info, blob, req.offset,
-                       min(req.credit, pf.MAX_CREDIT))
+                       min(req.credit, MAX_CREDIT))
         self.downloads[dl.download_id] = dl
         self.counters["downloads"] += 1
         if req.offset < info.size:
@@ -688,7 +705,7 @@ class FilesService(Service):
         else:
             self.downloads.pop(dl.download_id, None)
         return pf.FileStream(req_id=req.req_id, download=dl.download_id, file=info,
-                             offset=req.offset, chunk_bytes=pf.FILE_CHUNK_BYTES)
+                             offset=req.offset, chunk_bytes=CHUNK_BYTES)
 
     def _stream(self, dl: _Download) -> None:
         """Send ``dl``'s chunks while it has credit. Owns its fd: it alone closes it, after its
@@ -705,14 +722,14 @@ class FilesService(Service):
                     break
                 # one threadpool read for as many chunks as the credit allows (a few at most)
                 chunks = min(dl.credit, READ_AHEAD_CHUNKS)
-                n = min(pf.FILE_CHUNK_BYTES * chunks, size - dl.offset)
+                n = min(CHUNK_BYTES * chunks, size - dl.offset)
                 data = memoryview(self._pool.apply(read_exact, (fd, n, dl.offset)))
                 if len(data) != n:
                     raise OSError(f"the stored copy ends before {dl.offset + n}")
-                for start in range(0, n, pf.FILE_CHUNK_BYTES):
+                for start in range(0, n, CHUNK_BYTES):
                     if dl.stopped:
                         break
-                    piece = data[start:start + pf.FILE_CHUNK_BYTES]
+                    piece = data[start:start + CHUNK_BYTES]
                     self._send_direct(dl.session, pf.FileChunk(
                         download=dl.download_id, offset=dl.offset, data=piece))  # type: ignore[arg-type]
                     self.counters["chunks_out"] += 1
@@ -734,7 +751,7 @@ class FilesService(Service):
             raise ChatError(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
         dl = self.downloads.get(req.download)
         if dl is not None and dl.session.routing_id == session.routing_id:
-            dl.credit = min(dl.credit + req.credit, pf.MAX_CREDIT)
+            dl.credit = min(dl.credit + req.credit, MAX_CREDIT)
             dl.last_credit = time.monotonic()
             dl.wake.set()
         return p.Ok(req_id=req.req_id)

@@ -394,7 +394,7 @@ class FileClient:
                  limit_rate_bps: float | None, credit_chunks: int) -> tuple[pf.FileInfo, Progress]:
         """FILE-GET ``file_id`` from ``sink``'s offset and write every chunk to ``sink``; ask
         again from where it is after a stall or a gap, DOWNLOAD_ATTEMPTS times at most."""
-        limiter = (RateLimiter(limit_rate_bps, burst=pf.FILE_CHUNK_BYTES, clock=time.monotonic)
+        limiter = (RateLimiter(limit_rate_bps, burst=pf.MAX_FILE_CHUNK_BYTES, clock=time.monotonic)
                    if limit_rate_bps else None)
         progress: Progress | None = None
         info: pf.FileInfo | None = None
