@@ -157,6 +157,40 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def system_busy_s() -> tuple[float, float]:
+    """CPU seconds the whole machine was busy (user, system, interrupts) so far, and the
+    seconds a hypervisor kept its CPUs from running (steal), from ``/proc/stat``."""
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = cpu
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+class Others:
+    """CPU seconds used during a phase by everything but the benchmark's own processes (the
+    broker, given by pid, and this process's children once waited for): another user of the
+    machine, writeback; and the steal time. Taken for each phase, so a disturbed round shows."""
+
+    def __init__(self, broker_pid: int | None = None) -> None:
+        self.broker_pid = broker_pid
+
+    def __enter__(self) -> Others:
+        self._busy, self._steal = system_busy_s()
+        self._ours = self._ours_s()
+        return self
+
+    def _ours_s(self) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        broker = proc_cpu_s(self.broker_pid) if self.broker_pid else 0.0
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + broker
+
+    def __exit__(self, *exc: object) -> None:
+        busy, steal = system_busy_s()
+        self.cpu_s = max(0.0, busy - self._busy - (self._ours_s() - self._ours))
+        self.steal_s = steal - self._steal
+
+
 def run_client(args: list[str]) -> tuple[list[dict], float, int, float]:
     """Run a zmeet command; its JSON lines, wall seconds, peak RSS (KiB) and CPU seconds."""
     start = time.perf_counter()
@@ -178,7 +212,8 @@ def one_round(src: Path, tmp: Path, size: int) -> dict:
     read_through(src)
     os.sync()
     prewarm(tmp, size)
-    tcp = tcp_copy(src, copy)
+    with Others() as tcp_others:
+        tcp = tcp_copy(src, copy)
     copy.unlink()
     out = tmp / "fetched"
     with broker_process("--max-file-size", str(max(size, 1) * 2)) as (endpoints, broker):
@@ -186,15 +221,17 @@ def one_round(src: Path, tmp: Path, size: int) -> dict:
         os.sync()
         prewarm(tmp, size)
         broker_cpu_s = proc_cpu_s(broker.pid)
-        up_lines, up_wall, up_rss, up_cpu_s = run_client(
-            ["send", str(src), "--room", "bench", "--nick", "uploader", *common])
+        with Others(broker.pid) as up_others:
+            up_lines, up_wall, up_rss, up_cpu_s = run_client(
+                ["send", str(src), "--room", "bench", "--nick", "uploader", *common])
         broker_up_cpu_s = proc_cpu_s(broker.pid) - broker_cpu_s
         up = next(e for e in up_lines if e["type"] == "done")
         os.sync()
         prewarm(tmp, size)
         broker_cpu_s = proc_cpu_s(broker.pid)
-        down_lines, down_wall, down_rss, down_cpu_s = run_client(
-            ["fetch", up["id"], "--out", str(out), "--nick", "downloader", *common])
+        with Others(broker.pid) as down_others:
+            down_lines, down_wall, down_rss, down_cpu_s = run_client(
+                ["fetch", up["id"], "--out", str(out), "--nick", "downloader", *common])
         broker_down_cpu_s = proc_cpu_s(broker.pid) - broker_cpu_s
         down = next(e for e in down_lines if e["type"] == "done")
         broker_hwm = vm_hwm_kib(broker.pid)
@@ -211,6 +248,10 @@ def one_round(src: Path, tmp: Path, size: int) -> dict:
         "down_wall_MB_per_s": mb / down_wall, "down_rss_MB": down_rss / 1024,
         "down_client_cpu_s": down_cpu_s, "down_broker_cpu_s": broker_down_cpu_s,
         "broker_rss_MB": broker_hwm / 1024,
+        "others_cpu_s": {"tcp": tcp_others.cpu_s, "up": up_others.cpu_s,
+                         "down": down_others.cpu_s},
+        "steal_s": {"tcp": tcp_others.steal_s, "up": up_others.steal_s,
+                    "down": down_others.steal_s},
     }
 
 
@@ -255,10 +296,18 @@ def main() -> None:
     print(table(rows, ["system", "MB_per_s", "seconds", "wall_MB_per_s", "vs_tcp",
                        "peak_rss_MB", "cpu_s"]))
     print()
-    per_round = [{"round": i + 1, **r} for i, r in enumerate(rounds)]
-    print(table(per_round, ["round", "tcp_MB_per_s", "up_MB_per_s", "down_MB_per_s",
-                            "tcp_cpu_s", "up_client_cpu_s", "up_broker_cpu_s",
-                            "down_client_cpu_s", "down_broker_cpu_s"]))
+    per_round = [{
+        "round": i + 1, "TCP MB/s": r["tcp_MB_per_s"], "up MB/s": r["up_MB_per_s"],
+        "up vs TCP": r["up_MB_per_s"] / r["tcp_MB_per_s"], "down MB/s": r["down_MB_per_s"],
+        "down vs TCP": r["down_MB_per_s"] / r["tcp_MB_per_s"],
+        "CPU s TCP": r["tcp_cpu_s"],
+        "CPU s up client/broker": f"{r['up_client_cpu_s']:.2f} / {r['up_broker_cpu_s']:.2f}",
+        "CPU s down client/broker":
+            f"{r['down_client_cpu_s']:.2f} / {r['down_broker_cpu_s']:.2f}",
+        "others' CPU s TCP/up/down": " / ".join(f"{r['others_cpu_s'][k]:.2f}"
+                                                for k in ("tcp", "up", "down")),
+    } for i, r in enumerate(rounds)]
+    print(table(per_round, list(per_round[0])))
     path = save("files-throughput", {"rows": rows, "rounds": rounds, "args": vars(args),
                                      "size_bytes": size, "tcp_block_bytes": BLOCK})
     print(f"saved {path}", file=sys.stderr)
