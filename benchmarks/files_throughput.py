@@ -7,20 +7,23 @@ sender's own SHA-256 pass), and, in ``*_wall``, from the whole command (start-up
 verifying included).
 
 Baseline, in the same run: a plain TCP copy on loopback, one process reading the file and
-``sendall``-ing it in blocks of zmeet's chunk size (``FILE_CHUNK_BYTES``), another receiving
-and writing it to a file, no hashing; timed inside the processes from the connection to the
-written file's close (as zmeet's rates leave out start-up), and before it the file is read once
-untimed (as zmeet's sender hashes it before it sends).
+``sendall``-ing it in blocks of zmeet's chunk (the broker's ``CHUNK_BYTES``), another
+receiving and writing it to a file, no hashing; timed inside the processes from the accepted
+connection to the written file's close (zmeet's rates leave out start-up too), and the file is
+read once, untimed, before it (as zmeet's sender hashes it before it sends).
 
-Each round is a TCP copy, an upload and a download, each through a fresh broker (its data
-directory is removed after the round); the report gives the median of the rounds and each
-round's figures. Before each timed phase: ``os.sync()``, so none pays for another's dirty pages,
-and :func:`prewarm`, so each phase writes its 1 GiB into memory the machine used a moment ago.
-On a VM whose host takes back memory the guest leaves idle (a balloon with free page
-reporting, or DAMON paging out idle pages), writing into memory untouched for a few seconds
-costs a fault on the host per page and runs at a fraction of the speed: without the prewarm,
-which phase gets fresh memory decides the figures (the TCP copy ran at 250 MB/s to 1.7 GB/s
-in one run).
+Each round is a TCP copy, an upload and a download, these two through a fresh broker (its data
+directory is removed after the round); the report gives the medians of the rounds and each
+round's figures. Before each timed phase: ``os.sync()``, so none pays for another's dirty
+pages, and :func:`prewarm`, so each phase writes its file into memory the machine used a moment
+ago. On a VM whose host takes back memory the guest leaves idle (a balloon with free page
+reporting, DAMON paging out idle pages: the 2-core development VM has both), writing into
+memory untouched for a few seconds costs a fault on the host per page and runs at a fraction
+of the speed (250 MB/s against 4 GB/s for ``pwrite`` into the page cache): without the prewarm,
+which phase got fresh memory decided the figures (the TCP copy ran at 250 MB/s to 1.7 GB/s in
+one run). A phase that lasts longer still finds more of its memory cold: part of the price of
+being slower. ``others' CPU`` is what the rest of the machine used during each phase (another
+user, writeback): a round where it is large was disturbed.
 
 Peak RSS: the broker's ``VmHWM`` from ``/proc/<pid>/status`` before it stops, each client's
 ``ru_maxrss`` from ``os.wait4``. CPU seconds of each process per phase (``cpu_s``) tell which
@@ -45,13 +48,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from zmeet.protocol.files import FILE_CHUNK_BYTES
+from zmeet.broker.files import CHUNK_BYTES
 
 from .common import broker_process, save, table
 
 MIB = 1024 * 1024
-BLOCK = FILE_CHUNK_BYTES
-"""The TCP copy's block: zmeet's chunk."""
+BLOCK = CHUNK_BYTES
+"""The TCP copy's block: the chunk zmeet's broker asks for and sends."""
 PREWARM_EXTRA = 64 * MIB
 ZMEET = [sys.executable, "-m", "zmeet_cli.main"]
 
@@ -88,7 +91,7 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _tcp_receiver(port_queue, result_queue, out: str) -> None:
+def _tcp_receiver(port_queue, result_queue, out: str, block: int) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -97,7 +100,7 @@ def _tcp_receiver(port_queue, result_queue, out: str) -> None:
     start_s, cpu_start_s = time.perf_counter(), _cpu_s()
     with open(out, "wb") as f:
         while True:
-            data = conn.recv(BLOCK)
+            data = conn.recv(block)
             if not data:
                 break
             f.write(data)
@@ -107,12 +110,12 @@ def _tcp_receiver(port_queue, result_queue, out: str) -> None:
     server.close()
 
 
-def _tcp_sender(port: int, src: str, result_queue) -> None:
+def _tcp_sender(port: int, src: str, result_queue, block: int) -> None:
     conn = socket.create_connection(("127.0.0.1", port))
     cpu_start_s = _cpu_s()
     with open(src, "rb") as f:
         while True:
-            data = f.read(BLOCK)
+            data = f.read(block)
             if not data:
                 break
             conn.sendall(data)
@@ -125,10 +128,10 @@ def tcp_copy(src: Path, out: Path) -> dict:
     from the accepted connection to the written file's close, ``cpu_s`` of both processes."""
     ctx = multiprocessing.get_context("spawn")
     ports, results = ctx.Queue(), ctx.Queue()
-    receiver = ctx.Process(target=_tcp_receiver, args=(ports, results, str(out)))
+    receiver = ctx.Process(target=_tcp_receiver, args=(ports, results, str(out), BLOCK))
     receiver.start()
     port = ports.get(timeout=30)
-    sender = ctx.Process(target=_tcp_sender, args=(port, str(src), results))
+    sender = ctx.Process(target=_tcp_sender, args=(port, str(src), results, BLOCK))
     sender.start()
     got = {}
     for _ in range(2):
