@@ -425,7 +425,7 @@ class ChatTerminal:
               help="Speaker for --audio and --listen: a PortAudio device index or name "
                    "[the default].")
 @click.option("--max-streams", type=click.IntRange(0), default=None,
-              help="Show video of only the N most recent speakers (screen shares always).")
+              help="Receive video of only the N most recent speakers (screen shares always).")
 @click.option("--stats", "stats_json", is_flag=True,
               help="On leaving, print media statistics as one JSON line on stderr.")
 @click.option("--accept-files", is_flag=True,
