@@ -281,10 +281,14 @@ def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_ses
         def all_dropped() -> bool:
             return broker.stats["media_dropped"] - dropped_before == len(bad) + 1
 
-        # the stranger's connection is not ordered with alice's: wait for its drop too
-        with gevent.Timeout(WAIT_S):
-            while not all_dropped():
-                gevent.sleep(0.01)  # polling a counter the broker's greenlet updates
+        # the stranger's connection is not ordered with alice's: each probe alice sends and
+        # gets back is one more turn of the broker's media loop, until the stranger's drop
+        for _ in range(1000):
+            if all_dropped():
+                break
+            dealer.send_multipart([HEADER, b"FRAME", meta(seq=2), b"probe"])
+            assert recv_one()[-1] == b"probe"
+        assert all_dropped()
         assert not sub.poll(0)
     finally:
         for sock in (sub, dealer, stranger):

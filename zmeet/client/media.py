@@ -107,6 +107,32 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+class _Progress:
+    """Something that moves on (frames sent, received, recorded): :meth:`notify` on each step,
+    :meth:`wait_until` re-checks a predicate after each, cooperatively."""
+
+    def __init__(self) -> None:
+        self._event = gevent.event.Event()
+
+    def notify(self) -> None:
+        event, self._event = self._event, gevent.event.Event()
+        event.set()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float,
+                   ended: Callable[[], bool]) -> bool:
+        """Wait until ``predicate()`` is true, for at most ``timeout_s``, or until ``ended()``.
+        Returns the predicate's last value."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            event = self._event
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or ended():
+                return bool(predicate())
+            event.wait(remaining)
+
+
 # --- publishing --------------------------------------------------------------------------------
 
 
@@ -189,7 +215,7 @@ class MediaPublisher:
         """The kinds anyone receives from this sender in ``room`` (MEDIA-DEMAND), or None
         until the broker tells: ``video`` and ``thumb`` frames no one receives are not sent
         (nor encoded, for the thumbnail) and are counted as suspended."""
-        self._progress = gevent.event.Event()
+        self._progress = _Progress()
         session.welcome_listeners.append(self._on_welcome)
         session.direct_handlers[p.MediaDemand] = self._on_demand
 
@@ -208,24 +234,12 @@ class MediaPublisher:
         assert isinstance(message, p.MediaDemand)
         if message.room == self.room:
             self.demand = frozenset(message.kinds)
-            self._notify()
-
-    def _notify(self) -> None:
-        event, self._progress = self._progress, gevent.event.Event()
-        event.set()
+            self._progress.notify()
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Wait (cooperatively) until ``predicate()`` is true, re-checking it after each frame
         captured and each MEDIA-DEMAND, for at most ``timeout_s``. Returns its last value."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            event = self._progress
-            if predicate():
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._sock is None:
-                return bool(predicate())
-            event.wait(remaining)
+        return self._progress.wait_until(predicate, timeout_s, lambda: self._sock is None)
 
     def wanted(self, kind: str) -> bool:
         """Whether to send ``kind`` now: always until the broker told the demand."""
@@ -311,7 +325,7 @@ class MediaPublisher:
                 stream.ended = True
                 log.info("%s ended", source.name)
                 return
-            self._notify()
+            self._progress.notify()
             stream.captured += 1
             stream.capture_ms_total += encoded.capture_ms
             stream.encode_ms_total += encoded.encode_ms
@@ -500,7 +514,7 @@ class MediaSubscriber:
         self.drops = _Drops()
         self._streams: dict[Key, _Received] = {}
         self._record_queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=record_queue_frames)
-        self._progress = gevent.event.Event()
+        self._progress = _Progress()
         self._sock: zmq_green.Socket | None = None
         self._endpoint = ""
         self._recv_greenlet: gevent.Greenlet | None = None
@@ -617,28 +631,16 @@ class MediaSubscriber:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close(linger=0)
-        self._notify()
+        self._progress.notify()
 
     close = stop
 
     # waiting ------------------------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        event, self._progress = self._progress, gevent.event.Event()
-        event.set()
-
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Wait (cooperatively) until ``predicate()`` is true, re-checking it each time frames
         are received or recorded, for at most ``timeout_s``. Returns its last value."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            event = self._progress
-            if predicate():
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stopped:
-                return bool(predicate())
-            event.wait(remaining)
+        return self._progress.wait_until(predicate, timeout_s, lambda: self._stopped)
 
     # counts -------------------------------------------------------------------------------------
 
@@ -712,7 +714,7 @@ class MediaSubscriber:
                     self._present(key, frame)
             if newest:
                 self.first_frame.set()
-            self._notify()
+            self._progress.notify()
             gevent.sleep(0)
 
     def _present(self, key: Key, frame: p.MediaFrame) -> None:
@@ -834,7 +836,7 @@ class MediaSubscriber:
             except DeviceError as exc:
                 log.error("recording stopped: %s", exc)
                 return
-            self._notify()
+            self._progress.notify()
 
 
 # --- the meeting -------------------------------------------------------------------------------
@@ -938,6 +940,7 @@ class Meeting:
         self.publisher: MediaPublisher | None = None
         self.subscriber: MediaSubscriber | None = None
         self._video_shown: set[str] = set()
+        self._layer = "video"  # the video layer the tiles take now (update_streams)
         self.viewer: Viewer | None = None
         self.recorder: Recorder | None = None
         self._publishing: list[_Publishing] = []
@@ -1076,6 +1079,7 @@ class Meeting:
         if self.subscriber is None:
             return
         wanted = self.wanted_streams()
+        self._layer = self.video_layer(len(wanted))
         before = self._video_shown
         self._video_shown = {s for s, kinds in wanted.items() if kinds & {"video", "thumb"}}
         self.subscriber.set_streams(self.room, wanted)
@@ -1091,8 +1095,7 @@ class Meeting:
         """The self-view: this participant's own video in its own tile, from the capture
         (never a round trip through the broker)."""
         if kind == "video" and self.viewer is not None:
-            others = sum(1 for m in self.session.members(self.room) if m != self.session.nick)
-            large = self.video_layer(others) == "video" or encoded.thumb is None
+            large = self._layer == "video" or encoded.thumb is None
             self.viewer.show(self.session.nick, "video", encoded.data if large else encoded.thumb)
 
     # media state and controls -------------------------------------------------------------------
