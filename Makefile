@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
+SYSTEM_PACKAGES := gcc libc6-dev xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
 PYTEST_ARGS ?=
 
 .PHONY: run test install system-deps lint bench bench-smoke bench-system-deps clean
@@ -16,12 +16,13 @@ test: system-deps $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py zmeet/broker/_mediafwd.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-# The tests drive a real X screen (Xvfb), real audio (PortAudio, sox) and OpenCV windows.
+# The tests drive a real X screen (Xvfb), real audio (PortAudio, sox) and OpenCV windows; gcc
+# builds the broker's compiled media forwarder (setup.py).
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

@@ -79,9 +79,13 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 
 @pytest.fixture
 def broker(request: pytest.FixtureRequest, make_broker: Callable[..., Broker]) -> Broker:
-    """A started broker on random loopback ports, stopped at teardown."""
+    """A started broker on random loopback ports, stopped at teardown. Its BrokerConfig fields
+    come from a ``broker_config`` marker, and from ``parametrize("broker", [{...}],
+    indirect=True)``."""
     marker = request.node.get_closest_marker("broker_config")
-    return make_broker(**(marker.kwargs if marker else {}))
+    fields = dict(marker.kwargs if marker else {})
+    fields.update(getattr(request, "param", {}))
+    return make_broker(**fields)
 
 
 @pytest.fixture

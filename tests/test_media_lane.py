@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import wave
 from collections import Counter
@@ -28,6 +30,7 @@ import zmq
 import zmq.green as zmq_green
 from xvfb import xvfb_display
 
+from zmeet.broker import server as broker_server
 from zmeet.client.media import SUBSCRIBE_RCVHWM, MediaSubscriber, Meeting
 from zmeet.client.session import Session
 from zmeet.devices import Recorder, ScreenSource, VideoFileSource, decode_jpeg, encode_jpeg
@@ -120,6 +123,12 @@ def read_sidecar(path: Path) -> list[dict]:
 
 # --- the lane, end to end ----------------------------------------------------------------------
 
+both_forwarders = pytest.mark.parametrize(
+    "broker", [{"media_forwarder": "native"}, {"media_forwarder": "python"}],
+    indirect=True, ids=["native", "python"])
+"""The broker's two media forwarders (docs/architecture.md, "Media forwarding") must behave
+alike: the tests of what the broker forwards and drops run with each."""
+
 
 def test_bob_records_alices_video_and_screen(
     xvfb: str, tmp_path: Path, make_session, make_meeting
@@ -188,7 +197,8 @@ def test_bob_records_alices_video_and_screen(
     assert np.all(np.abs(mean - np.array(KNOWN_BGR)) < 6), mean
 
 
-def test_frames_stay_in_their_room(make_session, make_meeting) -> None:
+@both_forwarders
+def test_frames_stay_in_their_room(broker, make_session, make_meeting) -> None:
     alice = make_session("alice", "room")
     bob = make_session("bob", "room")
     carol = make_session("carol", "other")
@@ -214,6 +224,7 @@ def test_frames_stay_in_their_room(make_session, make_meeting) -> None:
     assert dave_stats["dropped"]["foreign_room"] == 0
 
 
+@both_forwarders
 def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_session) -> None:
     """The media fast path (docs/protocol.md, 3.9): the broker reads only what routing needs,
     forwards the meta octets untouched under a topic that names the sender, and drops (and
@@ -233,6 +244,7 @@ def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_ses
     stranger.setsockopt(zmq.LINGER, 0)
     stranger.setsockopt(zmq.IDENTITY, b"m" + b"x" * 15)
     stranger.connect(alice.endpoints["media_in"])
+    assert (broker._forwarder is None) == (broker.config.media_forwarder == "python")
     try:
         fields = {"room": "room", "kind": "video", "seq": 0, "capture_ts_us": 1, "pts_ms": 0,
                   "width": 1, "height": 1, "fps": 1.0, "codec": "jpeg", "x-extra": [1, 2]}
@@ -293,6 +305,18 @@ def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_ses
     finally:
         for sock in (sub, dealer, stranger):
             sock.close(linger=0)
+
+
+def test_the_native_forwarder_is_built_where_it_can_be(make_broker) -> None:
+    """setup.py builds it as optional: where a C compiler and Python's headers exist, a missing
+    module is a broken install, not a fallback to accept quietly."""
+    can_build = shutil.which(os.environ.get("CC", "cc")) and Path(
+        sysconfig.get_paths()["include"], "Python.h").exists()
+    if not can_build:
+        pytest.skip("no C compiler or no Python headers: the broker forwards media in Python")
+    assert broker_server.MediaForwarder is not None
+    with pytest.raises(ValueError, match="media_forwarder"):
+        make_broker(media_forwarder="fast")
 
 
 def test_last_n_receives_only_the_latest_speakers_video(make_session, make_meeting) -> None:
@@ -379,7 +403,10 @@ def test_a_meeting_follows_a_broker_that_restarts_on_other_media_ports(
     assert bob.endpoints["media_out"] == second.endpoints["media_out"]
 
 
-def test_a_sender_sends_only_the_layers_someone_receives(make_session, make_meeting) -> None:
+@both_forwarders
+def test_a_sender_sends_only_the_layers_someone_receives(
+    broker, make_session, make_meeting
+) -> None:
     """MEDIA-DEMAND (docs/protocol.md, 3.9.5): the broker's XPUB sees which of alice's
     streams have subscribers, and her publisher suspends the others: the thumbnail while bob
     takes the full video, the full video while he takes the thumbnail, both when he goes."""

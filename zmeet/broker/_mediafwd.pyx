@@ -1,0 +1,240 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The broker's media-lane forwarding loop in C: the same checks and the same output as
+``Broker._on_media`` (docs/protocol.md, 3.9), without Python's cost per socket call.
+
+A media frame is five parts in (``token, header, command, meta, payload``) and five out
+(``topic, header, command, meta, payload``). In Python each part costs a pyzmq call of 3 to 5 µs;
+a forwarder that reads every frame spends 40 to 50 µs a frame in socket calls alone, against a
+bare ``zmq.proxy``'s 17 to 20 µs (benchmarks/NOTES.md). Here the parts are ``zmq_msg_t`` on the C
+stack, received and sent with libzmq's own calls, and only what routing needs (the token and the
+meta) becomes a Python object. The header, command, meta and payload go out as the very messages
+that came in (``zmq_msg_send`` hands them over, nothing is copied).
+
+libzmq is the one pyzmq loaded: its functions are looked up through the handle of pyzmq's backend
+module (``dlsym`` searches a library's dependencies), so this module links against nothing and
+cannot end up with a second libzmq in the process. ``zmq_msg_t`` is declared as ``zmq.h`` of
+libzmq 4.x defines it (64 octets, pointer-aligned), which pyzmq wheels do not ship.
+
+The loop never blocks: :meth:`MediaForwarder.forward` reads what is waiting (``ZMQ_DONTWAIT``)
+and returns; the broker's greenlet waits for more on the green socket, so the gevent hub stays in
+charge (../shared/DESIGN.md).
+"""
+
+import ctypes
+import time
+
+import msgpack
+import zmq
+import zmq.backend.cython._zmq as _pyzmq_backend
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport EAGAIN, EINTR
+from libc.stdint cimport uintptr_t
+from libc.string cimport memcmp
+
+
+cdef extern from *:
+    """
+    /* zmq_msg_t as zmq.h of libzmq 4.x defines it. */
+    typedef struct { unsigned char _[64] __attribute__((aligned(sizeof(void *)))); } zmeet_msg_t;
+    """
+    ctypedef struct zmeet_msg_t:
+        pass
+
+
+ctypedef int (*msg_fn)(zmeet_msg_t *) noexcept nogil
+ctypedef int (*msg_io_fn)(zmeet_msg_t *, void *, int) noexcept nogil
+ctypedef void *(*msg_data_fn)(zmeet_msg_t *) noexcept nogil
+ctypedef size_t (*msg_size_fn)(const zmeet_msg_t *) noexcept nogil
+ctypedef int (*msg_more_fn)(const zmeet_msg_t *) noexcept nogil
+ctypedef int (*send_fn)(void *, const void *, size_t, int) noexcept nogil
+ctypedef int (*errno_fn)() noexcept nogil
+
+cdef msg_fn zmq_msg_init
+cdef msg_fn zmq_msg_close
+cdef msg_io_fn zmq_msg_recv
+cdef msg_io_fn zmq_msg_send
+cdef msg_data_fn zmq_msg_data
+cdef msg_size_fn zmq_msg_size
+cdef msg_more_fn zmq_msg_more
+cdef send_fn zmq_send
+cdef errno_fn zmq_errno
+
+_libzmq = ctypes.CDLL(_pyzmq_backend.__file__)
+
+
+cdef uintptr_t _symbol(str name) except 0:
+    address = ctypes.cast(getattr(_libzmq, name), ctypes.c_void_p).value
+    if not address:
+        raise ImportError(f"libzmq has no {name}")
+    return <uintptr_t>address
+
+
+zmq_msg_init = <msg_fn>_symbol("zmq_msg_init")
+zmq_msg_close = <msg_fn>_symbol("zmq_msg_close")
+zmq_msg_recv = <msg_io_fn>_symbol("zmq_msg_recv")
+zmq_msg_send = <msg_io_fn>_symbol("zmq_msg_send")
+zmq_msg_data = <msg_data_fn>_symbol("zmq_msg_data")
+zmq_msg_size = <msg_size_fn>_symbol("zmq_msg_size")
+zmq_msg_more = <msg_more_fn>_symbol("zmq_msg_more")
+zmq_send = <send_fn>_symbol("zmq_send")
+zmq_errno = <errno_fn>_symbol("zmq_errno")
+
+cdef int DONTWAIT = zmq.DONTWAIT
+cdef int SNDMORE = zmq.SNDMORE
+cdef int PARTS = 5  # token, header, command, meta, payload
+
+_unpackb = msgpack.unpackb
+_monotonic = time.monotonic
+
+
+cdef inline bytes _bytes_of(zmeet_msg_t *msg):
+    return PyBytes_FromStringAndSize(<char *>zmq_msg_data(msg), zmq_msg_size(msg))
+
+
+cdef inline bint _equals(zmeet_msg_t *msg, bytes expected):
+    cdef Py_ssize_t n = len(expected)
+    return <Py_ssize_t>zmq_msg_size(msg) == n and (
+        n == 0 or memcmp(zmq_msg_data(msg), <const char *>expected, n) == 0)
+
+
+cdef class MediaForwarder:
+    """Forward media frames from the broker's media-in ROUTER to its media-out XPUB.
+
+    ``router`` and ``xpub`` are the broker's pyzmq sockets (green or not: only their libzmq
+    handles are used, and ``closed`` is checked before each batch). ``by_token`` maps a media
+    token (bytes) to its session, which has ``nick`` (str), ``last_seen`` (float, set to
+    ``time.monotonic()`` for each frame forwarded) and ``media_demand`` (a dict keyed by room).
+    ``is_member(room, nick) -> bool`` is the rooms' membership test, ``topic(room, nick, kind)
+    -> bytes`` builds the out topic, ``first_in_room(session, room)`` is called after forwarding
+    a session's first frame in a room (``room not in session.media_demand``). ``stats`` is the
+    broker's dict: ``media_in`` and ``media_dropped`` are counted in it. ``header`` and
+    ``command`` are the octets a FRAME's second and third parts must equal, ``kinds`` the media
+    kinds (a tuple of str), ``max_meta`` and ``max_payload`` the largest meta and payload in
+    octets.
+    """
+
+    cdef object _router, _xpub
+    cdef void *_in
+    cdef void *_out
+    cdef dict _by_token, _stats
+    cdef object _is_member, _topic, _first_in_room
+    cdef bytes _header, _command
+    cdef tuple _kinds
+    cdef size_t _max_meta, _max_payload
+
+    def __cinit__(self, router, xpub, dict by_token, is_member, topic, first_in_room,
+                  dict stats, bytes header, bytes command, tuple kinds, size_t max_meta,
+                  size_t max_payload):
+        self._router, self._xpub = router, xpub
+        self._in = <void *><uintptr_t>router.underlying
+        self._out = <void *><uintptr_t>xpub.underlying
+        self._by_token, self._stats = by_token, stats
+        self._is_member, self._topic, self._first_in_room = is_member, topic, first_in_room
+        self._header, self._command, self._kinds = header, command, kinds
+        self._max_meta, self._max_payload = max_meta, max_payload
+
+    def forward(self, int limit):
+        """Forward up to ``limit`` messages waiting on the media-in socket, without blocking.
+
+        Returns the number of messages read (forwarded or dropped); fewer than ``limit`` means
+        the socket had no more (``EAGAIN``). Raises :class:`zmq.ZMQError` if a socket is closed
+        or libzmq fails otherwise (``ETERM``, ...); a message being read is then discarded.
+        """
+        cdef zmeet_msg_t parts[5]
+        cdef zmeet_msg_t extra
+        cdef int count, i, err
+        cdef int read = 0
+        cdef bint whole
+        if self._router.closed or self._xpub.closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+        while read < limit:
+            zmq_msg_init(&parts[0])
+            if zmq_msg_recv(&parts[0], self._in, DONTWAIT) < 0:
+                err = zmq_errno()
+                zmq_msg_close(&parts[0])
+                if err == EAGAIN:
+                    break
+                if err == EINTR:
+                    continue
+                raise zmq.ZMQError(err)
+            count, whole = 1, True
+            # the rest of the message is already here (ZeroMQ delivers whole messages); read
+            # all of it, past the fifth part too, so the next read starts at a boundary
+            while zmq_msg_more(&parts[count - 1]):
+                if count == PARTS:
+                    whole = False
+                    while True:
+                        zmq_msg_init(&extra)
+                        if zmq_msg_recv(&extra, self._in, DONTWAIT) < 0:
+                            err = zmq_errno()
+                            zmq_msg_close(&extra)
+                            self._close(parts, count)
+                            raise zmq.ZMQError(err)
+                        i = zmq_msg_more(&extra)
+                        zmq_msg_close(&extra)
+                        if not i:
+                            break
+                    break
+                zmq_msg_init(&parts[count])
+                if zmq_msg_recv(&parts[count], self._in, DONTWAIT) < 0:
+                    err = zmq_errno()
+                    self._close(parts, count + 1)
+                    raise zmq.ZMQError(err)
+                count += 1
+            read += 1
+            try:
+                self._forward_one(parts, count if whole else 0)
+            finally:
+                self._close(parts, count)
+        return read
+
+    cdef void _close(self, zmeet_msg_t *parts, int count) noexcept:
+        cdef int i
+        for i in range(count):
+            zmq_msg_close(&parts[i])  # a part already sent is empty: closing it is a no-op
+
+    cdef int _forward_one(self, zmeet_msg_t *parts, int count) except -1:
+        cdef dict stats = self._stats
+        stats["media_in"] += 1
+        if (
+            count != PARTS
+            or not _equals(&parts[1], self._header)
+            or not _equals(&parts[2], self._command)
+            or zmq_msg_size(&parts[3]) > self._max_meta
+            or zmq_msg_size(&parts[4]) > self._max_payload
+        ):
+            stats["media_dropped"] += 1
+            return 0
+        session = self._by_token.get(_bytes_of(&parts[0]))
+        if session is None:
+            stats["media_dropped"] += 1
+            return 0
+        try:
+            fields = _unpackb(_bytes_of(&parts[3]))
+            room, kind = fields["room"], fields["kind"]
+            stamped = fields.get("from", "")
+        except Exception:  # msgpack raises many types, and the meta may be any shape
+            stats["media_dropped"] += 1
+            return 0
+        nick = session.nick
+        if (
+            kind not in self._kinds
+            or type(room) is not str
+            or stamped != ""
+            or not self._is_member(room, nick)
+        ):
+            stats["media_dropped"] += 1
+            return 0
+        session.last_seen = _monotonic()
+        cdef bytes topic = self._topic(room, nick, kind)
+        cdef int i
+        if zmq_send(self._out, <const char *>topic, len(topic), DONTWAIT | SNDMORE) < 0:
+            raise zmq.ZMQError(zmq_errno())
+        for i in range(1, PARTS):
+            # PUB never blocks: past a subscriber's SNDHWM it drops (counted by no one)
+            if zmq_msg_send(&parts[i], self._out, DONTWAIT | (SNDMORE if i < PARTS - 1 else 0)) < 0:
+                raise zmq.ZMQError(zmq_errno())
+        if room not in session.media_demand:  # its first frame here: tell it what is wanted
+            self._first_in_room(session, room)
+        return 0
