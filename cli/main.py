@@ -103,9 +103,13 @@ def main(ctx: click.Context, log_level: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 @click.option("--max-file-size", default="4G", show_default=True,
               help="Largest file shared through this broker (e.g. 500M, 4G); told at HELLO.")
+@click.option("--media-forwarder", type=click.Choice(["auto", "native", "python"]),
+              default="auto", show_default=True,
+              help="Media forwarding loop: native (compiled at install) or python; auto takes "
+                   "native if it was built.")
 @click.pass_context
 def broker(ctx, control, events, media_in, media_out, data_dir, history, heartbeat_ms,
-           broker_log_level, as_json, max_file_size="4G") -> None:
+           broker_log_level, as_json, max_file_size="4G", media_forwarder="auto") -> None:
     """Run a broker until Ctrl-C or SIGTERM.
 
     Prints one line when every lane is bound, with the endpoints clients use.
@@ -121,6 +125,7 @@ def broker(ctx, control, events, media_in, media_out, data_dir, history, heartbe
         control=control, events=events, media_in=media_in, media_out=media_out,
         data_dir=data_dir or default_data_dir(), history=history,
         heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
+        media_forwarder=media_forwarder,
     )
     try:
         config.endpoints()
@@ -129,17 +134,18 @@ def broker(ctx, control, events, media_in, media_out, data_dir, history, heartbe
     server = Broker(config)
     try:
         server.start()
-    except Exception as exc:  # zmq.ZMQError (address in use), sqlite3.Error (bad store)
-        _fail(f"cannot start the broker: {exc}")
+    except Exception as exc:  # zmq.ZMQError (address in use), sqlite3.Error (bad store),
+        _fail(f"cannot start the broker: {exc}")  # RuntimeError (native forwarder not built)
     handlers = _on_signals(server.stop)
     if as_json:
         click.echo(json.dumps({"type": "ready", "endpoints": server.endpoints,
-                               "epoch": server.epoch, "data_dir": str(config.data_dir)}))
+                               "epoch": server.epoch, "data_dir": str(config.data_dir),
+                               "media_forwarder": server.media_forwarder}))
     else:
         e = server.endpoints
         click.echo(f"zmeet broker ready: control {e['control']} events {e['events']} "
                    f"media-in {e['media_in']} media-out {e['media_out']} "
-                   f"data {config.data_dir}")
+                   f"data {config.data_dir} ({server.media_forwarder} media forwarder)")
     sys.stdout.flush()
     try:
         server.serve_forever()
