@@ -17,8 +17,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @contextmanager
-def broker_process(*extra: str):
-    """A ``zmeet broker`` on random loopback ports in a temporary data dir; yields endpoints."""
+def broker_process(*extra: str, ready_line: bool = False):
+    """A ``zmeet broker`` on random loopback ports in a temporary data dir; yields its
+    endpoints (or, with ``ready_line``, its whole JSON ready line) and its process."""
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zmeet_cli.main", "broker", "--bind", "tcp://127.0.0.1:*",
@@ -29,7 +30,8 @@ def broker_process(*extra: str):
             line = proc.stdout.readline()
             if not line:
                 raise RuntimeError("the broker did not start")
-            yield json.loads(line)["endpoints"], proc
+            ready = json.loads(line)
+            yield (ready if ready_line else ready["endpoints"]), proc
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -286,9 +286,12 @@ def _bare_proxy_process() -> None:
 
 def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS,
                payload_bytes: int = FORWARD_PAYLOAD_BYTES) -> dict:
-    """MB/s delivered through the broker's media lane and through a bare ROUTER->PUB proxy
+    """MB/s delivered through the broker's media lane, with its compiled forwarder
+    (``broker``) and its Python one (``broker_python``), and through a bare ROUTER->PUB proxy
     (each in its own process, the same socket options), alternating ``rounds`` times, with
     frames of ``payload_bytes``."""
+    from contextlib import ExitStack
+
     from benchmarks.common import broker_process
     from zmeet import protocol as p
     from zmeet.client.session import Session
@@ -299,29 +302,32 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS,
             fps=30.0, codec="jpeg", payload=bytes(nbytes)))
 
     frames, probe = frame(payload_bytes), frame(PROBE_PAYLOAD_BYTES)
-    runs: dict[str, list[dict]] = {"broker": [], "bare_proxy": []}
-    proxy = subprocess.Popen([sys.executable, "-m", "benchmarks.media_meeting", "--bare-proxy"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        proxy_endpoints = json.loads(proxy.stdout.readline())
-        with broker_process() as (endpoints, broker):
-            session = Session(endpoints["control"], "sender", timeout_s=30)
-            session.connect()
-            session.join(ROOM, history=0)
-            try:
-                for _ in range(rounds):
-                    runs["broker"].append(_forward_round(
-                        session.endpoints["media_in"], session.endpoints["media_out"],
-                        session.welcome.media_token, frames, probe, count, broker.pid))
-                    runs["bare_proxy"].append(_forward_round(
-                        proxy_endpoints["media_in"], proxy_endpoints["media_out"],
-                        b"sender", frames, probe, count, proxy.pid))
-            finally:
-                session.close()
-    finally:
-        proxy.terminate()
-        proxy.wait(10)
+    # name: (media in, media out, routing id, pid)
+    lanes: dict[str, tuple[str, str, bytes, int]] = {}
     result: dict = {"payload_bytes": payload_bytes, "frames_per_round": count}
+    with ExitStack() as stack:
+        proxy = subprocess.Popen([sys.executable, "-m", "benchmarks.media_meeting",
+                                  "--bare-proxy"], stdout=subprocess.PIPE, text=True)
+        stack.callback(proxy.wait, 10)
+        stack.callback(proxy.terminate)
+        proxy_endpoints = json.loads(proxy.stdout.readline())
+        for name, forwarder in (("broker", "auto"), ("broker_python", "python")):
+            ready, broker = stack.enter_context(
+                broker_process("--media-forwarder", forwarder, ready_line=True))
+            result[f"{name}_forwarder"] = ready["media_forwarder"]
+            session = Session(ready["endpoints"]["control"], "sender", timeout_s=30)
+            session.connect()
+            stack.callback(session.close)
+            session.join(ROOM, history=0)
+            lanes[name] = (session.endpoints["media_in"], session.endpoints["media_out"],
+                           session.welcome.media_token, broker.pid)
+        lanes["bare_proxy"] = (proxy_endpoints["media_in"], proxy_endpoints["media_out"],
+                               b"sender", proxy.pid)
+        runs: dict[str, list[dict]] = {name: [] for name in lanes}
+        for _ in range(rounds):
+            for name, (media_in, media_out, identity, pid) in lanes.items():
+                runs[name].append(_forward_round(media_in, media_out, identity, frames, probe,
+                                                 count, pid))
     for name, rs in runs.items():
         result[name] = {
             "mb_s": float(np.median([r["mb_s"] for r in rs])),
@@ -329,7 +335,9 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS,
             "cpu_us_per_frame": float(np.median([r["forwarder_cpu_us_per_frame"] for r in rs])),
             "rounds_mb_s": [round(r["mb_s"], 1) for r in rs],
         }
-    result["ratio"] = result["broker"]["mb_s"] / max(1e-9, result["bare_proxy"]["mb_s"])
+    proxy_mb_s = max(1e-9, result["bare_proxy"]["mb_s"])
+    result["ratio"] = result["broker"]["mb_s"] / proxy_mb_s
+    result["ratio_python"] = result["broker_python"]["mb_s"] / proxy_mb_s
     return result
 
 
@@ -342,9 +350,10 @@ def summary(data: dict) -> str:
              "delivered fraction": fwd[name]["delivered_fraction"],
              "CPU µs per frame": fwd[name]["cpu_us_per_frame"],
              "rounds MB/s": " ".join(str(v) for v in fwd[name]["rounds_mb_s"])}
-            for name in ("broker", "bare_proxy")]
+            for name in ("broker", "broker_python", "bare_proxy")]
     out = [f"Forwarding, {fwd['payload_bytes']} B frames, {fwd['frames_per_round']} a round "
-           f"(medians): broker / bare proxy = {fwd['ratio']:.2f}", "",
+           f"(medians): broker ({fwd['broker_forwarder']} forwarder) / bare proxy = "
+           f"{fwd['ratio']:.2f}; with the Python forwarder {fwd['ratio_python']:.2f}", "",
            table(rows, list(rows[0])), ""]
     meet = data.get("meeting")
     if meet:
