@@ -60,13 +60,21 @@ cdef msg_more_fn zmq_msg_more
 cdef send_fn zmq_send
 cdef errno_fn zmq_errno
 
-_libzmq = ctypes.CDLL(_pyzmq_backend.__file__)
+try:
+    _libzmq = ctypes.CDLL(_pyzmq_backend.__file__)
+except OSError as exc:
+    raise ImportError(f"cannot open pyzmq's backend to find libzmq: {exc}") from exc
 
 
 cdef uintptr_t _symbol(str name) except 0:
-    address = ctypes.cast(getattr(_libzmq, name), ctypes.c_void_p).value
+    """The address of libzmq's function ``name``; ImportError (the broker then forwards in
+    Python) if pyzmq's libzmq does not export it (a static, hidden-symbol build)."""
+    try:
+        address = ctypes.cast(getattr(_libzmq, name), ctypes.c_void_p).value
+    except AttributeError:
+        address = None
     if not address:
-        raise ImportError(f"libzmq has no {name}")
+        raise ImportError(f"pyzmq's libzmq does not export {name}")
     return <uintptr_t>address
 
 
@@ -86,6 +94,33 @@ cdef int PARTS = 5  # token, header, command, meta, payload
 
 _unpackb = msgpack.unpackb
 _monotonic = time.monotonic
+
+
+# libzmq calls with ZMQ_DONTWAIT, retried on EINTR as pyzmq does (a message is untouched when a
+# call fails); -1 otherwise, with the cause in zmq_errno()
+
+cdef inline int _recv(zmeet_msg_t *msg, void *sock) noexcept nogil:
+    cdef int rc
+    while True:
+        rc = zmq_msg_recv(msg, sock, DONTWAIT)
+        if rc >= 0 or zmq_errno() != EINTR:
+            return rc
+
+
+cdef inline int _send(zmeet_msg_t *msg, void *sock, int more) noexcept nogil:
+    cdef int rc
+    while True:
+        rc = zmq_msg_send(msg, sock, DONTWAIT | more)
+        if rc >= 0 or zmq_errno() != EINTR:
+            return rc
+
+
+cdef inline int _send_bytes(void *sock, const char *data, size_t size, int more) noexcept nogil:
+    cdef int rc
+    while True:
+        rc = zmq_send(sock, data, size, DONTWAIT | more)
+        if rc >= 0 or zmq_errno() != EINTR:
+            return rc
 
 
 cdef inline bytes _bytes_of(zmeet_msg_t *msg):
@@ -122,6 +157,7 @@ cdef class MediaForwarder:
     cdef bytes _header, _command
     cdef tuple _kinds
     cdef size_t _max_meta, _max_payload
+    cdef bint _broken
 
     def __cinit__(self, router, xpub, dict by_token, is_member, topic, first_in_room,
                   dict stats, bytes header, bytes command, tuple kinds, size_t max_meta,
@@ -148,15 +184,15 @@ cdef class MediaForwarder:
         cdef bint whole
         if self._router.closed or self._xpub.closed:
             raise zmq.ZMQError(zmq.ENOTSOCK)
+        if self._broken:  # the XPUB was left inside a message: the next would be glued to it
+            raise zmq.ZMQError(zmq.EFSM, "media-out was left inside a message by a failed send")
         while read < limit:
             zmq_msg_init(&parts[0])
-            if zmq_msg_recv(&parts[0], self._in, DONTWAIT) < 0:
+            if _recv(&parts[0], self._in) < 0:
                 err = zmq_errno()
                 zmq_msg_close(&parts[0])
                 if err == EAGAIN:
                     break
-                if err == EINTR:
-                    continue
                 raise zmq.ZMQError(err)
             count, whole = 1, True
             # the rest of the message is already here (ZeroMQ delivers whole messages); read
@@ -166,7 +202,7 @@ cdef class MediaForwarder:
                     whole = False
                     while True:
                         zmq_msg_init(&extra)
-                        if zmq_msg_recv(&extra, self._in, DONTWAIT) < 0:
+                        if _recv(&extra, self._in) < 0:
                             err = zmq_errno()
                             zmq_msg_close(&extra)
                             self._close(parts, count)
@@ -177,7 +213,7 @@ cdef class MediaForwarder:
                             break
                     break
                 zmq_msg_init(&parts[count])
-                if zmq_msg_recv(&parts[count], self._in, DONTWAIT) < 0:
+                if _recv(&parts[count], self._in) < 0:
                     err = zmq_errno()
                     self._close(parts, count + 1)
                     raise zmq.ZMQError(err)
@@ -228,13 +264,18 @@ cdef class MediaForwarder:
             return 0
         session.last_seen = _monotonic()
         cdef bytes topic = self._topic(room, nick, kind)
-        cdef int i
-        if zmq_send(self._out, <const char *>topic, len(topic), DONTWAIT | SNDMORE) < 0:
-            raise zmq.ZMQError(zmq_errno())
+        cdef int i, err
+        # An XPUB never blocks and never refuses a part: past a subscriber's SNDHWM it drops the
+        # whole message (counted by no one), as long as ZMQ_XPUB_NODROP stays off. Only ETERM
+        # or ENOTSOCK can fail a send here.
+        if _send_bytes(self._out, <const char *>topic, len(topic), SNDMORE) < 0:
+            err = zmq_errno()
+            raise zmq.ZMQError(err)
         for i in range(1, PARTS):
-            # PUB never blocks: past a subscriber's SNDHWM it drops (counted by no one)
-            if zmq_msg_send(&parts[i], self._out, DONTWAIT | (SNDMORE if i < PARTS - 1 else 0)) < 0:
-                raise zmq.ZMQError(zmq_errno())
+            if _send(&parts[i], self._out, SNDMORE if i < PARTS - 1 else 0) < 0:
+                err = zmq_errno()
+                self._broken = True
+                raise zmq.ZMQError(err)
         if room not in session.media_demand:  # its first frame here: tell it what is wanted
             self._first_in_room(session, room)
         return 0

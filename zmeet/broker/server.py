@@ -62,6 +62,8 @@ try:
 except ImportError:  # not built (no C compiler at install time): forward in Python
     MediaForwarder = None
 
+if not hasattr(zmq_green.Socket, "_wait_read"):  # the green wait the compiled loop relies on
+    MediaForwarder = None
 log = logging.getLogger("zmeet.broker")
 
 DRAIN_BATCH = 256
