@@ -30,6 +30,7 @@ import zmq.green as zmq_green
 from .. import protocol as p
 from ..errors import BrokerUnavailable, NickInUse, RequestRefused
 from ..protocol.limits import MAX_HISTORY
+from ..zmqio import recv_rest, send_parts
 
 log = logging.getLogger("zmeet.client")
 
@@ -198,7 +199,7 @@ class Session:
         self._pending[req_id] = result
         try:
             try:
-                self._dealer.send_multipart(p.encode(cls(req_id=req_id, **fields)), zmq.NOBLOCK)
+                send_parts(self._dealer, p.encode(cls(req_id=req_id, **fields)))
             except zmq.Again:
                 raise BrokerUnavailable(f"cannot reach the broker at {self.broker}") from None
             wait_s = self.timeout_s if timeout_s is None else timeout_s
@@ -325,7 +326,11 @@ class Session:
     def _reply_loop(self) -> None:
         assert self._dealer is not None
         while True:
-            frames = self._dealer.recv_multipart()
+            dealer = self._dealer
+            # a payload (a FILE-CHUNK's data) as a memoryview of the received frame, not copied
+            frames = recv_rest(dealer, dealer.recv(), 3)
+            for i in range(3, len(frames)):
+                frames[i] = frames[i].buffer
             try:
                 reply = p.decode(frames)
             except p.RemoteProtocolError as exc:
