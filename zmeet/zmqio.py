@@ -30,12 +30,14 @@ def recv_rest(sock: zmq.Socket, first: bytes, payload_at: int) -> list:
     return parts
 
 
-def send_parts(sock: zmq.Socket, frames: list, flags: int = NOBLOCK) -> None:
-    """``send_multipart(frames, flags)``, one ``send`` a part: parts of ``sock.copy_threshold``
-    octets (64 KiB) and more are handed to libzmq without a copy (pyzmq keeps a reference until
-    libzmq has sent them), smaller ones are copied. Raises :class:`zmq.ZMQError` as ``send``
-    does (``zmq.Again`` on the first part when the queue is full and ``flags`` has NOBLOCK)."""
+def send_parts(sock: zmq.Socket, frames: list, flags: int = NOBLOCK, *, copy: bool = False) -> None:
+    """``send_multipart(frames, flags)``, one ``send`` a part. Unless ``copy``, parts of
+    ``sock.copy_threshold`` octets (64 KiB) and more are handed to libzmq without a copy, and
+    smaller ones are copied. pyzmq then keeps a reference to each such part until libzmq is done
+    with it, through a garbage-collector thread of its own. Raises :class:`zmq.ZMQError` as
+    ``send`` does (``zmq.Again`` on the first part when the queue is full and ``flags`` has
+    NOBLOCK)."""
     last = len(frames) - 1
     more = flags | _SNDMORE
     for i, frame in enumerate(frames):
-        sock.send(frame, more if i < last else flags, copy=False)
+        sock.send(frame, more if i < last else flags, copy=copy)

@@ -199,7 +199,12 @@ class Session:
         self._pending[req_id] = result
         try:
             try:
-                send_parts(self._dealer, p.encode(cls(req_id=req_id, **fields)))
+                # copied: a client that exits while the broker is gone still holds unsent
+                # chunks, and zero-copy ones are freed through pyzmq's garbage-collector thread
+                # during interpreter shutdown, where hangs are known (pyzmq#1003); an uploading
+                # client that did not exit after its broker was killed was seen once in CI with
+                # zero-copy sends. The copy costs an uploading client ~0.1 s a GiB.
+                send_parts(self._dealer, p.encode(cls(req_id=req_id, **fields)), copy=True)
             except zmq.Again:
                 raise BrokerUnavailable(f"cannot reach the broker at {self.broker}") from None
             wait_s = self.timeout_s if timeout_s is None else timeout_s
