@@ -202,7 +202,7 @@ def meeting(participants: int, seconds: float) -> dict:
 PROBE_PAYLOAD_BYTES = 16
 """Probe frames (sent until one arrives: the subscription is live) are this small, not counted."""
 
-FORWARD_ROUNDS = 3
+FORWARD_ROUNDS = 7
 
 
 def _receive(endpoint: str, count: int, out: dict, ready: threading.Event,
