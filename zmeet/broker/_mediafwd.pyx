@@ -49,6 +49,7 @@ ctypedef size_t (*msg_size_fn)(const zmeet_msg_t *) noexcept nogil
 ctypedef int (*msg_more_fn)(const zmeet_msg_t *) noexcept nogil
 ctypedef int (*send_fn)(void *, const void *, size_t, int) noexcept nogil
 ctypedef int (*errno_fn)() noexcept nogil
+ctypedef int (*getsockopt_fn)(void *, int, void *, size_t *) noexcept nogil
 
 cdef msg_fn zmq_msg_init
 cdef msg_fn zmq_msg_close
@@ -59,6 +60,7 @@ cdef msg_size_fn zmq_msg_size
 cdef msg_more_fn zmq_msg_more
 cdef send_fn zmq_send
 cdef errno_fn zmq_errno
+cdef getsockopt_fn zmq_getsockopt
 
 try:
     _libzmq = ctypes.CDLL(_pyzmq_backend.__file__)
@@ -87,10 +89,14 @@ zmq_msg_size = <msg_size_fn>_symbol("zmq_msg_size")
 zmq_msg_more = <msg_more_fn>_symbol("zmq_msg_more")
 zmq_send = <send_fn>_symbol("zmq_send")
 zmq_errno = <errno_fn>_symbol("zmq_errno")
+zmq_getsockopt = <getsockopt_fn>_symbol("zmq_getsockopt")
 
 cdef int DONTWAIT = zmq.DONTWAIT
 cdef int SNDMORE = zmq.SNDMORE
 cdef int PARTS = 5  # token, header, command, meta, payload
+cdef int EVENTS = zmq.EVENTS
+cdef int POLLIN = zmq.POLLIN
+cdef size_t TOPIC_CACHE_SIZE = 4096
 
 _unpackb = msgpack.unpackb
 _monotonic = time.monotonic
@@ -121,6 +127,16 @@ cdef inline int _send_bytes(void *sock, const char *data, size_t size, int more)
         rc = zmq_send(sock, data, size, DONTWAIT | more)
         if rc >= 0 or zmq_errno() != EINTR:
             return rc
+
+
+cdef inline int _events(void *sock) noexcept nogil:
+    """``ZMQ_EVENTS`` of ``sock`` (it also processes libzmq's pending commands, which is what
+    re-arms the edge-triggered ``ZMQ_FD``); 0 if the call fails."""
+    cdef int events = 0
+    cdef size_t size = sizeof(int)
+    if zmq_getsockopt(sock, EVENTS, &events, &size) < 0:
+        return 0
+    return events
 
 
 cdef inline bytes _bytes_of(zmeet_msg_t *msg):
@@ -158,6 +174,7 @@ cdef class MediaForwarder:
     cdef tuple _kinds
     cdef size_t _max_meta, _max_payload
     cdef bint _broken
+    cdef dict _topics
 
     def __cinit__(self, router, xpub, dict by_token, is_member, topic, first_in_room,
                   dict stats, bytes header, bytes command, tuple kinds, size_t max_meta,
@@ -169,6 +186,18 @@ cdef class MediaForwarder:
         self._is_member, self._topic, self._first_in_room = is_member, topic, first_in_room
         self._header, self._command, self._kinds = header, command, kinds
         self._max_meta, self._max_payload = max_meta, max_payload
+        self._topics = {}
+
+    def incoming(self):
+        """Whether a message waits on the media-in socket (its ``ZMQ_EVENTS`` has POLLIN).
+        Call it before waiting on its ``ZMQ_FD``, which is edge-triggered."""
+        return bool(_events(self._in) & POLLIN)
+
+    def subscriptions_waiting(self):
+        """Whether a subscription message waits on the media-out XPUB. The forwarder's sends
+        may have taken the XPUB's ``ZMQ_FD`` edge meanwhile: when this is true, whoever
+        waits on that socket must be told (for a green socket, a green ``get(EVENTS)``)."""
+        return bool(_events(self._out) & POLLIN)
 
     def forward(self, int limit):
         """Forward up to ``limit`` messages waiting on the media-in socket, without blocking.
@@ -263,7 +292,12 @@ cdef class MediaForwarder:
             stats["media_dropped"] += 1
             return 0
         session.last_seen = _monotonic()
-        cdef bytes topic = self._topic(room, nick, kind)
+        key = (room, nick, kind)
+        cdef bytes topic = self._topics.get(key)
+        if topic is None:
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            topic = self._topics[key] = self._topic(room, nick, kind)
         cdef int i, err
         # An XPUB never blocks and never refuses a part: past a subscriber's SNDHWM it drops the
         # whole message (counted by no one), as long as ZMQ_XPUB_NODROP stays off. Only ETERM

@@ -643,19 +643,22 @@ class Broker:
         before it forwards or waits again. The wait costs a few µs where the green socket's
         (an AsyncResult, a timer and two callbacks) cost some 30 µs a wake-up, most of the
         loop's time when frames come one at a time."""
-        sock, forward = self._media_in, self._forwarder.forward
+        fwd = self._forwarder
+        forward, incoming, subscriptions_waiting = (
+            fwd.forward, fwd.incoming, fwd.subscriptions_waiting)
         hub = gevent.get_hub()
-        readable = hub.loop.io(sock.get(zmq.FD), 1)  # 1: EV_READ
+        readable = hub.loop.io(self._media_in.get(zmq.FD), 1)  # 1: EV_READ
         try:
             while True:
                 read = forward(DRAIN_BATCH)
                 # the sends may have taken the XPUB's ZMQ_FD edge that the demand greenlet
-                # waits on (a subscription arrived meanwhile): re-check through the green socket
-                self._media_out.get(zmq.EVENTS)
+                # waits on: if a subscription arrived meanwhile, wake it through the green socket
+                if subscriptions_waiting():
+                    self._media_out.get(zmq.EVENTS)
                 if read == DRAIN_BATCH:
                     gevent.sleep(0)  # a full batch: let the other greenlets run first
                     continue
-                while not sock.get(_EVENTS) & _POLLIN:  # empty (forward saw EAGAIN)
+                while not incoming():  # empty (forward saw EAGAIN)
                     hub.wait(readable)
         finally:
             readable.close()
