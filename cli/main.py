@@ -17,6 +17,7 @@ import click
 import gevent
 import gevent.event
 import gevent.socket
+import zmq.green as zmq_green
 
 from zmeet import __version__
 from zmeet.broker import Broker, BrokerConfig, default_data_dir
@@ -80,6 +81,19 @@ def main(ctx: click.Context, log_level: str) -> None:
     """zmeet: meetings, chat and games on your own machine or LAN, over ZeroMQ."""
     ctx.ensure_object(dict)
     ctx.obj["log_level"] = log_level
+    ctx.call_on_close(_release_zmq)  # runs when the command ends, sys.exit included
+
+
+def _release_zmq() -> None:
+    """Close the sockets of the clients' shared ZeroMQ context and terminate it, before the
+    interpreter's exit handlers run.
+
+    A media frame sent without a copy is released by libzmq's reaper thread after its socket is
+    closed, through pyzmq's garbage-collector thread. If that happens while pyzmq's own exit
+    handler stops that thread, the handler's ``Context.term`` waits forever (seen in CI: an
+    uploading ``zmeet send`` whose broker was killed never exited; pyzmq#1003). Terminating the
+    context here waits for the reaper first, so nothing is left to release at exit."""
+    zmq_green.Context.instance().destroy(linger=0)
 
 
 # --- broker ------------------------------------------------------------------------------------

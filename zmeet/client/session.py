@@ -200,10 +200,11 @@ class Session:
         try:
             try:
                 # copied: a client that exits while the broker is gone still holds unsent
-                # chunks, and zero-copy ones are freed through pyzmq's garbage-collector thread
-                # during interpreter shutdown, where hangs are known (pyzmq#1003); an uploading
-                # client that did not exit after its broker was killed was seen once in CI with
-                # zero-copy sends. The copy costs an uploading client ~0.1 s a GiB.
+                # chunks, and zero-copy ones are released through pyzmq's garbage-collector
+                # thread, whose exit handler can then wait forever in Context.term (seen in CI,
+                # an uploading `zmeet send` whose broker was killed; pyzmq#1003). The CLI also
+                # terminates the context before exit (cli/main.py, _release_zmq); a script
+                # using Session may not. The copy costs an uploading client ~0.1 s a GiB.
                 send_parts(self._dealer, p.encode(cls(req_id=req_id, **fields)), copy=True)
             except zmq.Again:
                 raise BrokerUnavailable(f"cannot reach the broker at {self.broker}") from None
