@@ -92,8 +92,12 @@ def _release_zmq() -> None:
     closed, through pyzmq's garbage-collector thread. If that happens while pyzmq's own exit
     handler stops that thread, the handler's ``Context.term`` waits forever (seen in CI: an
     uploading ``zmeet send`` whose broker was killed never exited; pyzmq#1003). Terminating the
-    context here waits for the reaper first, so nothing is left to release at exit."""
-    zmq_green.Context.instance().destroy(linger=0)
+    context here waits for the reaper first, so nothing is left to release at exit.
+
+    It closes every socket of that shared context: a program that calls :func:`main` in its own
+    process (click's CliRunner, an embedding) loses the sockets it made there too."""
+    if getattr(zmq_green.Context, "_instance", None) is not None:  # pyzmq's singleton, if made
+        zmq_green.Context.instance().destroy(linger=0)
 
 
 # --- broker ------------------------------------------------------------------------------------

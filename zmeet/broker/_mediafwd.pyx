@@ -16,7 +16,8 @@ cannot end up with a second libzmq in the process. ``zmq_msg_t`` is declared as 
 libzmq 4.x defines it (64 octets, pointer-aligned), which pyzmq wheels do not ship.
 
 The loop never blocks: :meth:`MediaForwarder.forward` reads what is waiting (``ZMQ_DONTWAIT``)
-and returns; the broker's greenlet waits for more on the green socket, so the gevent hub stays in
+and returns; the broker's greenlet waits for more on a gevent io watcher on the socket's
+``ZMQ_FD`` after :meth:`MediaForwarder.incoming` says nothing waits, so the gevent hub stays in
 charge (../shared/DESIGN.md).
 """
 
@@ -131,12 +132,16 @@ cdef inline int _send_bytes(void *sock, const char *data, size_t size, int more)
 
 cdef inline int _events(void *sock) noexcept nogil:
     """``ZMQ_EVENTS`` of ``sock`` (it also processes libzmq's pending commands, which is what
-    re-arms the edge-triggered ``ZMQ_FD``); 0 if the call fails."""
+    re-arms the edge-triggered ``ZMQ_FD``), retried on EINTR; -1 if the call fails otherwise,
+    with the cause in zmq_errno()."""
     cdef int events = 0
-    cdef size_t size = sizeof(int)
-    if zmq_getsockopt(sock, EVENTS, &events, &size) < 0:
-        return 0
-    return events
+    cdef size_t size
+    while True:
+        size = sizeof(int)
+        if zmq_getsockopt(sock, EVENTS, &events, &size) == 0:
+            return events
+        if zmq_errno() != EINTR:
+            return -1
 
 
 cdef inline bytes _bytes_of(zmeet_msg_t *msg):
@@ -190,14 +195,26 @@ cdef class MediaForwarder:
 
     def incoming(self):
         """Whether a message waits on the media-in socket (its ``ZMQ_EVENTS`` has POLLIN).
-        Call it before waiting on its ``ZMQ_FD``, which is edge-triggered."""
-        return bool(_events(self._in) & POLLIN)
+        Call it before waiting on its ``ZMQ_FD``, which is edge-triggered. Raises
+        :class:`zmq.ZMQError` if the socket is closed or libzmq fails (``ETERM``, ...)."""
+        return bool(self._events_of(self._router, self._in) & POLLIN)
 
     def subscriptions_waiting(self):
         """Whether a subscription message waits on the media-out XPUB. The forwarder's sends
         may have taken the XPUB's ``ZMQ_FD`` edge meanwhile: when this is true, whoever
-        waits on that socket must be told (for a green socket, a green ``get(EVENTS)``)."""
-        return bool(_events(self._out) & POLLIN)
+        waits on that socket must be told (for a green socket, a green ``get(EVENTS)``).
+        Raises :class:`zmq.ZMQError` as :meth:`incoming` does."""
+        return bool(self._events_of(self._xpub, self._out) & POLLIN)
+
+    cdef int _events_of(self, owner, void *sock) except -1:
+        cdef int events, err
+        if owner.closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+        events = _events(sock)
+        if events < 0:
+            err = zmq_errno()
+            raise zmq.ZMQError(err)
+        return events
 
     def forward(self, int limit):
         """Forward up to ``limit`` messages waiting on the media-in socket, without blocking.
