@@ -170,7 +170,6 @@ class ClientSession:
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 class Broker:
@@ -206,7 +205,7 @@ class Broker:
 
     def start(self) -> None:
         cfg = self.config
-        self._native_media()  # a bad choice fails here, before anything is opened
+        native = self._native_media()  # a bad choice fails here, before anything is opened
         self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
         ids = itertools.count(1)
         # message ids: this run's epoch and a counter (unique across restarts, 7x cheaper
@@ -225,7 +224,6 @@ class Broker:
         self._events = ctx.socket(zmq.PUB)
         # the compiled forwarder reads a plain socket and waits on its ZMQ_FD itself; the
         # Python loop waits on a green one
-        native = self._native_media()
         self._media_in = zmq.Socket(ctx, zmq.ROUTER) if native else ctx.socket(zmq.ROUTER)
         self._media_in.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._media_in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
@@ -256,7 +254,7 @@ class Broker:
         self._events_raw = zmq.Socket.shadow(self._events.underlying)
         self._media_in_raw = zmq.Socket.shadow(self._media_in.underlying)
         self._media_out_raw = zmq.Socket.shadow(self._media_out.underlying)
-        self._forwarder = self._media_forwarder()
+        self._forwarder = self._media_forwarder() if native else None
         self._control_greenlet = gevent.spawn(self._control_loop)
         self._greenlets = [
             self._control_greenlet,
@@ -627,9 +625,7 @@ class Broker:
         return choice != "python" and MediaForwarder is not None
 
     def _media_forwarder(self) -> Any:
-        """The compiled forwarder, or None to forward in Python (:meth:`_native_media`)."""
-        if not self._native_media():
-            return None
+        """The compiled forwarder over this broker's media sockets and state."""
         assert self.rooms is not None and MediaForwarder is not None
         return MediaForwarder(
             self._media_in, self._media_out, self._by_token, self.rooms.is_member,
@@ -640,9 +636,9 @@ class Broker:
         """The media loop with the compiled forwarder. It drains the media-in socket without
         blocking; when it is empty this greenlet waits for libzmq's ZMQ_FD to be readable (an
         io watcher on the hub's loop) and then, the FD being edge-triggered, checks ZMQ_EVENTS
-        before it forwards or waits again. The wait costs a few µs where the green socket's
-        (an AsyncResult, a timer and two callbacks) cost some 30 µs a wake-up, most of the
-        loop's time when frames come one at a time."""
+        before it forwards or waits again. Against waiting through a green socket (an
+        AsyncResult, a timer, two callbacks, pyzmq's ``PollEvent`` enums) this saves some
+        10 µs a wake-up, and frames often come one a wake-up (docs/architecture.md)."""
         fwd = self._forwarder
         forward, incoming, subscriptions_waiting = (
             fwd.forward, fwd.incoming, fwd.subscriptions_waiting)
@@ -723,15 +719,9 @@ class Broker:
             self.stats["media_dropped"] += 1
             return
         session.last_seen = time.monotonic()
-        # PUB never blocks: past a subscriber's SNDHWM it drops (counted by no one). One send
-        # per part: pyzmq's send_multipart(copy=False) wraps each small part in a Frame, which
-        # costs more than copying it.
-        out = self._media_out_raw
-        out.send(p.media_topic(room, session.nick, kind), _NOBLOCK_SNDMORE)
-        out.send(HEADER, _NOBLOCK_SNDMORE)
-        out.send(MediaFrame.COMMAND, _NOBLOCK_SNDMORE)
-        out.send(meta, _NOBLOCK_SNDMORE)
-        out.send(frames[4], _NOBLOCK, copy=False)
+        # PUB never blocks: past a subscriber's SNDHWM it drops (counted by no one)
+        send_parts(self._media_out_raw, [p.media_topic(room, session.nick, kind), HEADER,
+                                         MediaFrame.COMMAND, meta, frames[4]])
         if room not in session.media_demand:  # its first frame here: tell it what is wanted
             self._tell_demand(session, room)
 
