@@ -84,16 +84,14 @@ the protocol allows (one control frame). Twice ``pf.FILE_CHUNK_BYTES``: each chu
 request and its reply, a decode and threadpool round trips, and 512 KiB chunks ran about a
 quarter slower (benchmarks/NOTES.md, "Files")."""
 
-UPLOAD_WINDOW = max(1, min(pf.UPLOAD_WINDOW,
-                           pf.UPLOAD_WINDOW * pf.FILE_CHUNK_BYTES // CHUNK_BYTES))
+UPLOAD_WINDOW = pf.UPLOAD_WINDOW * pf.FILE_CHUNK_BYTES // CHUNK_BYTES
 """FILE-READY ``window``: FILE-DATA a client may have without their FILE-ACK. 8 MiB of chunks
 (``pf.UPLOAD_WINDOW`` chunks of ``pf.FILE_CHUNK_BYTES``), so 8 of CHUNK_BYTES: bigger chunks
 keep the memory an upload holds where it was (a window of 16 was no faster)."""
 
-MAX_CREDIT = max(1, min(pf.MAX_CREDIT, pf.MAX_CREDIT * pf.FILE_CHUNK_BYTES // CHUNK_BYTES))
+MAX_CREDIT = pf.MAX_CREDIT * pf.FILE_CHUNK_BYTES // CHUNK_BYTES
 """Most chunks of credit a download keeps (FILE-GET's and FILE-CREDIT's are clipped to it):
-16 MiB of chunks (``pf.MAX_CREDIT`` chunks of ``pf.FILE_CHUNK_BYTES``), so 16 of CHUNK_BYTES,
-and never more than ``pf.MAX_CREDIT``."""
+16 MiB of chunks (``pf.MAX_CREDIT`` chunks of ``pf.FILE_CHUNK_BYTES``), so 16 of CHUNK_BYTES."""
 
 READ_AHEAD_CHUNKS = 4
 """Most chunks of a download read from disk in one threadpool job."""
@@ -136,7 +134,7 @@ def _hash_batch(hasher: Any, batch: list[tuple[int, bytes]]) -> None:
 
 def _not_found(reason: str) -> ChatError:
     """ERROR 404 (``ErrorCode.NOT_FOUND``)."""
-    return ChatError(pf.NOT_FOUND, reason)  # type: ignore[arg-type]
+    return ChatError(pf.NOT_FOUND, reason)
 
 
 def _info(row: tuple) -> pf.FileInfo:
@@ -378,18 +376,6 @@ class FilesService(Service):
         dl.stopped = True
         dl.wake.set()
         self.downloads.pop(dl.download_id, None)
-
-    def _send_direct(self, session: ClientSession, message: p.Message) -> None:
-        """``broker.send_direct`` from a greenlet that is not the control loop.
-
-        The control greenlet waits on the green ROUTER, woken by its edge-triggered ZMQ_FD; a
-        send on the raw socket that shadows it may consume that edge, and the control loop
-        would then sleep with requests waiting (zmq.green's fallback poll wakes it only after
-        11.6 s). Reading ZMQ_EVENTS with the green socket's ``get`` (not ``getsockopt``, which
-        skips zmq.green's override) re-checks the state and wakes it, as zmq.green does after
-        its own sends. :meth:`Broker.send_direct` now does this itself.
-        """
-        self.broker.send_direct(session, message)
 
     def _may_see(self, info: pf.FileInfo, nick: str) -> bool:
         return bool(info.room) or nick in (info.sender, info.to)
@@ -730,7 +716,7 @@ class FilesService(Service):
                     if dl.stopped:
                         break
                     piece = data[start:start + CHUNK_BYTES]
-                    self._send_direct(dl.session, pf.FileChunk(
+                    self.broker.send_direct(dl.session, pf.FileChunk(
                         download=dl.download_id, offset=dl.offset, data=piece))  # type: ignore[arg-type]
                     self.counters["chunks_out"] += 1
                     dl.offset += len(piece)
@@ -738,7 +724,7 @@ class FilesService(Service):
         except OSError as exc:
             log.error("download %s of %s failed: %s", dl.download_id, dl.info.id, exc)
             if not dl.stopped:
-                self._send_direct(dl.session, pf.FileAbort(
+                self.broker.send_direct(dl.session, pf.FileAbort(
                     download=dl.download_id, code=int(p.ErrorCode.INTERNAL_ERROR),
                     reason="the broker could not read this file"))
         finally:

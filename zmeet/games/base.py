@@ -16,26 +16,27 @@ from random import Random
 from typing import ClassVar
 
 from ..errors import ZmeetError
+from ..protocol.codes import ErrorCode
 
 
 class GameErrorCode(IntEnum):
     """Codes of the ERROR replies to game requests (docs/protocol.md, "Games"), beside the
-    common ones (400 BAD_REQUEST, 429 TOO_MANY). Numbered after HTTP, as ``ErrorCode`` is."""
+    common ones (400 BAD_REQUEST, 429 TOO_MANY). The numbers are ``ErrorCode``'s."""
 
-    BAD_REQUEST = 400
+    BAD_REQUEST = ErrorCode.BAD_REQUEST
     """Unknown game, bad options or time-out, challenging yourself."""
-    NOT_PLAYER = 403
+    NOT_PLAYER = ErrorCode.NOT_MEMBER
     """The game or challenge is not yours to move in, answer, resign or claim."""
-    NOT_FOUND = 404
+    NOT_FOUND = ErrorCode.NOT_FOUND
     """No such game or challenge, or the nick challenged is not online."""
-    GAME_OVER = 410
+    GAME_OVER = ErrorCode.GONE
     """The game has ended: no more moves."""
-    ILLEGAL_MOVE = 412
+    ILLEGAL_MOVE = ErrorCode.PRECONDITION_FAILED
     """The rules refuse the move (a cell that does not exist or is taken, a number out of
     range), or the action does not apply now (a claim while the opponent is here)."""
-    NOT_YOUR_TURN = 425
+    NOT_YOUR_TURN = ErrorCode.NOT_YOUR_TURN
     """It is the other player's turn."""
-    TOO_MANY = 429
+    TOO_MANY = ErrorCode.TOO_MANY
     """Too many running games or open challenges for this nick."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .codec import register
+from .codes import ErrorCode
 from .limits import MAX_CONTROL_FRAME_BYTES
 from .messages import Direct, Reply, Request
 
@@ -32,7 +33,8 @@ FILE_EVENT_TYPE = "file"
 ``{"id", "name", "size", "sha256"}`` (the sender is the event's ``from``)."""
 
 FILE_CHUNK_BYTES = 512 * 1024
-"""Chunk size the broker asks for and sends (FILE-READY and FILE-STREAM say it)."""
+"""The chunk size ``UPLOAD_WINDOW`` and ``MAX_CREDIT`` are counted in; a broker says the chunk
+size it uses in FILE-READY and FILE-STREAM (zmeet's: ``MAX_FILE_CHUNK_BYTES``)."""
 
 MAX_FILE_CHUNK_BYTES = MAX_CONTROL_FRAME_BYTES
 """Largest chunk payload frame: the broker's ROUTER drops a connection over this anyway."""
@@ -56,7 +58,7 @@ MAX_FILE_NAME_BYTES = 1024
 MAX_FILE_LIST = 1000
 """Most files one FILE-LISTED carries (the newest ones)."""
 
-NOT_FOUND = 404
+NOT_FOUND = ErrorCode.NOT_FOUND
 """ERROR code for a file id, upload or download that does not exist (or that this session may
 not see), and for a recipient nick nobody holds."""
 
