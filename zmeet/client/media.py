@@ -344,17 +344,15 @@ class MediaPublisher:
                     width=encoded.thumb_width, height=encoded.thumb_height, fps=pacer.fps,
                     codec="jpeg", payload=encoded.thumb,
                 )
-                try:
-                    self._raw.send_multipart(p.encode(thumb), zmq.NOBLOCK, copy=False)
+                sent = self._send_captured(thumb, stream, source.name)
+                if sent is None:
+                    return
+                if sent:
                     thumb_seq += 1
                     stream.thumb_sent += 1
                     stream.thumb_bytes += len(encoded.thumb)
-                except zmq.Again:
+                else:
                     stream.thumb_dropped += 1
-                except zmq.ZMQError as exc:
-                    stream.error = f"media socket: {exc}"
-                    log.error("%s: cannot send: %s", source.name, exc)
-                    return
             if len(encoded.data) > self.max_frame_bytes:
                 stream.oversize += 1
                 continue
@@ -366,19 +364,30 @@ class MediaPublisher:
                 pts_ms=encoded.pts_ms, width=encoded.width, height=encoded.height,
                 fps=pacer.fps, codec="jpeg", payload=encoded.data,
             )
-            try:
-                self._raw.send_multipart(p.encode(frame), zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # the queue to the broker is full: drop, never build a backlog
+            sent = self._send_captured(frame, stream, source.name)
+            if sent is None:
+                return
+            if not sent:
                 stream.dropped += 1
                 continue
-            except zmq.ZMQError as exc:
-                stream.error = f"media socket: {exc}"
-                log.error("%s: cannot send: %s", source.name, exc)
-                return
             seq += 1
             stream.sent += 1
             stream.bytes += len(encoded.data)
             stream.meter.tick()
+
+    def _send_captured(self, frame: p.MediaFrame, stream: Any, name: str) -> bool | None:
+        """Send a captured frame ``NOBLOCK``: True if sent, False if dropped (the queue to the
+        broker is full: never a backlog), None if the socket failed (``stream.error`` says
+        why, and the capture loop ends)."""
+        try:
+            self._raw.send_multipart(p.encode(frame), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            stream.error = f"media socket: {exc}"
+            log.error("%s: cannot send: %s", name, exc)
+            return None
+        return True
 
     def send_frame(self, frame: p.MediaFrame) -> bool:
         """Send one ready frame (audio, state) ``NOBLOCK``. Returns False if it was dropped
@@ -486,7 +495,6 @@ class MediaSubscriber:
             raise LocalProtocolError("connect the session before receiving media")
         self.session = session
         self.rooms: set[str] = set()
-        self._whole_rooms: set[str] = set()
         self._topics: dict[str, set[bytes]] = {}
         self._initial_rooms = list(rooms)
         for room in self._initial_rooms:
@@ -554,7 +562,6 @@ class MediaSubscriber:
         if not p.is_valid_room(room):
             raise ValueError(f"invalid room name {room!r}")
         self.rooms.add(room)
-        self._whole_rooms.add(room)
         self._set_topics(room, {p.media_room_topic(room)})
 
     def set_streams(self, room: str, streams: dict[str, Iterable[str]]) -> None:
@@ -574,13 +581,11 @@ class MediaSubscriber:
                     raise ValueError(f"kind must be one of {', '.join(p.MEDIA_KINDS)}")
                 topics.add(p.media_topic(room, sender, kind))
         self.rooms.add(room)
-        self._whole_rooms.discard(room)
         self._set_topics(room, topics)
 
     def unsubscribe(self, room: str) -> None:
         """Stop receiving ``room``'s frames."""
         self.rooms.discard(room)
-        self._whole_rooms.discard(room)
         self._set_topics(room, set())
 
     def topics(self, room: str) -> frozenset[bytes]:
@@ -1032,10 +1037,16 @@ class Meeting:
         plays or records audio; a video layer for the senders the gallery shows
         (:meth:`video_senders`), ``thumb`` while tiles are small (:meth:`video_layer`); and the
         full ``video`` of everyone when recording."""
+        others = self._others()
+        return self._wanted_streams(others, self.video_layer(len(others)))
+
+    def _others(self) -> list[str]:
+        """The room's other members, in join order."""
         me = self.session.nick
-        others = [m for m in self.session.members(self.room) if m != me]
+        return [m for m in self.session.members(self.room) if m != me]
+
+    def _wanted_streams(self, others: list[str], layer: str) -> dict[str, set[str]]:
         shown = set(self.video_senders(others))
-        layer = self.video_layer(len(others))
         wanted: dict[str, set[str]] = {}
         for sender in others:
             kinds = {"state", "screen"}
@@ -1078,8 +1089,9 @@ class Meeting:
         clear the tiles of senders whose video is no longer received (no frozen pictures)."""
         if self.subscriber is None:
             return
-        wanted = self.wanted_streams()
-        self._layer = self.video_layer(len(wanted))
+        others = self._others()
+        self._layer = self.video_layer(len(others))
+        wanted = self._wanted_streams(others, self._layer)
         before = self._video_shown
         self._video_shown = {s for s, kinds in wanted.items() if kinds & {"video", "thumb"}}
         self.subscriber.set_streams(self.room, wanted)

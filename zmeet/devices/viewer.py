@@ -253,6 +253,7 @@ class Viewer:
         own = view["own"]
         people = [Participant(f"{me} (you)", images.get((me, "video")), own.muted,
                               not own.video, active == me)]
+        keys: list[Key] = [(me, "video")]  # the image each tile shows, in tile order
         others = sorted(({s for (s, k) in images if k == "video"} | set(states)) - {me})
         for nick in others:
             state = states.get(nick)
@@ -262,17 +263,16 @@ class Viewer:
                 video_off=state is not None and not state.video,
                 active=active == nick,
             ))
+            keys.append((nick, "video"))
         for (sender, kind), img in sorted(images.items()):
             if kind == "image" and img is not None:  # a shared image's preview (cli/files.py)
                 people.append(Participant(f"{sender}: image", img))
+                keys.append((sender, kind))
         screens = sorted((s, img) for (s, k), img in images.items()
                          if k == "screen" and img is not None)
         stage = (f"{screens[0][0]} screen", screens[0][1]) if screens else None
         stage_rect, rects = meeting_layout(len(people), self.canvas_w, self.canvas_h,
                                            stage=stage is not None)
-        keys = [(me, "video")] + [(nick, "video") for nick in others]
-        keys += [(s, "image") for (s, k), img in sorted(images.items())
-                 if k == "image" and img is not None]
         self._boxes = {key: (r.w, r.h) for key, r in zip(keys, rects, strict=False)}
         if stage is not None and stage_rect is not None:
             self._boxes[(screens[0][0], "screen")] = (stage_rect.w, stage_rect.h)
