@@ -145,14 +145,16 @@ def redis_server():
 _CLK_TCK = None
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/<pid>/stat."""
+def proc_cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), or of its thread
+    ``tid`` only, from /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat."""
     import os
 
     global _CLK_TCK
     if _CLK_TCK is None:
         _CLK_TCK = os.sysconf("SC_CLK_TCK")
-    with open(f"/proc/{pid}/stat") as f:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
 

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from zmeet.broker.files import CHUNK_BYTES
 
-from .common import broker_process, save, table
+from .common import broker_process, proc_cpu_s, save, table
 
 MIB = 1024 * 1024
 BLOCK = CHUNK_BYTES
@@ -154,12 +154,6 @@ def vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) a running process used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def system_busy_s() -> tuple[float, float]:
     """CPU seconds the whole machine was busy (user, system, interrupts) so far, and the
     seconds a hypervisor kept its CPUs from running (steal), from ``/proc/stat``."""
@@ -179,18 +173,24 @@ class Others:
 
     def __enter__(self) -> Others:
         self._busy, self._steal = system_busy_s()
-        self._ours = self._ours_s()
+        self._broker = self._broker_s()
+        self._ours = self._ours_s() + self._broker
         return self
 
-    def _ours_s(self) -> float:
+    def _broker_s(self) -> float:
+        return proc_cpu_s(self.broker_pid) if self.broker_pid else 0.0
+
+    @staticmethod
+    def _ours_s() -> float:
         own = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        broker = proc_cpu_s(self.broker_pid) if self.broker_pid else 0.0
-        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + broker
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
     def __exit__(self, *exc: object) -> None:
         busy, steal = system_busy_s()
-        self.cpu_s = max(0.0, busy - self._busy - (self._ours_s() - self._ours))
+        broker = self._broker_s()
+        self.broker_cpu_s = broker - self._broker  # the broker's CPU seconds in the phase
+        self.cpu_s = max(0.0, busy - self._busy - (self._ours_s() + broker - self._ours))
         self.steal_s = steal - self._steal
 
 
@@ -223,19 +223,17 @@ def one_round(src: Path, tmp: Path, size: int) -> dict:
         common = ["--broker", endpoints["control"], "--json"]
         os.sync()
         prewarm(tmp, size)
-        broker_cpu_s = proc_cpu_s(broker.pid)
         with Others(broker.pid) as up_others:
             up_lines, up_wall, up_rss, up_cpu_s = run_client(
                 ["send", str(src), "--room", "bench", "--nick", "uploader", *common])
-        broker_up_cpu_s = proc_cpu_s(broker.pid) - broker_cpu_s
+        broker_up_cpu_s = up_others.broker_cpu_s
         up = next(e for e in up_lines if e["type"] == "done")
         os.sync()
         prewarm(tmp, size)
-        broker_cpu_s = proc_cpu_s(broker.pid)
         with Others(broker.pid) as down_others:
             down_lines, down_wall, down_rss, down_cpu_s = run_client(
                 ["fetch", up["id"], "--out", str(out), "--nick", "downloader", *common])
-        broker_down_cpu_s = proc_cpu_s(broker.pid) - broker_cpu_s
+        broker_down_cpu_s = down_others.broker_cpu_s
         down = next(e for e in down_lines if e["type"] == "done")
         broker_hwm = vm_hwm_kib(broker.pid)
         fetched = Path(down["path"])

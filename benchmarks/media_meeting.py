@@ -23,7 +23,7 @@ import time
 import numpy as np
 import zmq
 
-from benchmarks.common import save
+from benchmarks.common import proc_cpu_s, save
 
 ROOM = "bench"
 FRAME_W, FRAME_H, FPS = 1280, 720, 30.0
@@ -46,8 +46,6 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
     window thread, decodes only the newest frame of each tile, reduced to the tile's size
     (:func:`~zmeet.media.tiling.decode_reduction`). A frame's age is taken when its decode
     ends: capture to display-ready."""
-    import threading as _threading
-
     import cv2
     import gevent
 
@@ -64,7 +62,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
     session.join(ROOM, history=0)
     ages: list[float] = []
     slot: LatestSlot = LatestSlot()
-    wanted, stop = _threading.Event(), _threading.Event()
+    wanted, stop = threading.Event(), threading.Event()
     shown = [0]
     tile = meeting_layout(participants, 1280, 720, stage=False)[1][0]
     reduce = decode_reduction(FRAME_W, FRAME_H, tile.w, tile.h)
@@ -98,7 +96,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
     session.member_listeners.append(subscribe)
     subscribe()
     sub.start()
-    shower = _threading.Thread(target=display, daemon=True)
+    shower = threading.Thread(target=display, daemon=True)
     shower.start()
     pub = MediaPublisher(session, ROOM)
     cap = cv2.VideoCapture("../shared/media/Megamind.avi")
@@ -231,17 +229,6 @@ def _receive(endpoint: str, count: int, out: dict, ready: threading.Event,
     sub.close(0)
 
 
-def _cpu_s(pid: int, tid: int | None = None) -> float:
-    """CPU seconds (user + system) process ``pid`` has used, all its threads, or only its
-    thread ``tid`` (Linux)."""
-    import os
-
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path) as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[bytes],
                    probe: list[bytes], count: int, pid: int) -> dict:
     ctx = zmq.Context.instance()
@@ -258,13 +245,13 @@ def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[
         dealer.send_multipart(probe)
         if live.wait(0.01):
             break
-    cpu0, main0 = _cpu_s(pid), _cpu_s(pid, pid)
+    cpu0, main0 = proc_cpu_s(pid), proc_cpu_s(pid, pid)
     for _ in range(count):
         dealer.send_multipart(frames, copy=False)
     recv.join(60)
-    out["forwarder_cpu_us_per_frame"] = (_cpu_s(pid) - cpu0) / count * 1e6
+    out["forwarder_cpu_us_per_frame"] = (proc_cpu_s(pid) - cpu0) / count * 1e6
     # the forwarding loop's own thread (the main thread of both; libzmq's I/O threads apart)
-    out["loop_cpu_us_per_frame"] = (_cpu_s(pid, pid) - main0) / count * 1e6
+    out["loop_cpu_us_per_frame"] = (proc_cpu_s(pid, pid) - main0) / count * 1e6
     dealer.close(linger=0)
     out["sent"] = count
     return out
@@ -354,7 +341,7 @@ def summary(data: dict) -> str:
     rows = [{"forwarder": name, "MB/s delivered": fwd[name]["mb_s"],
              "delivered fraction": fwd[name]["delivered_fraction"],
              "CPU µs per frame": fwd[name]["cpu_us_per_frame"],
-             "loop thread µs per frame": fwd[name].get("loop_cpu_us_per_frame", 0.0),
+             "loop thread µs per frame": fwd[name]["loop_cpu_us_per_frame"],
              "rounds MB/s": " ".join(str(v) for v in fwd[name]["rounds_mb_s"])}
             for name in ("broker", "broker_python", "bare_proxy")]
     out = [f"Forwarding, {fwd['payload_bytes']} B frames, {fwd['frames_per_round']} a round "

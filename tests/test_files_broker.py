@@ -37,10 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 WAIT_S = 10.0
 
 
-
-
-
-
 class Peer:
     """A session, its FileClient, and the queue of everything else it received."""
 
@@ -111,6 +107,16 @@ def cut_after(octets: int) -> Callable[[TransferEvent], None]:
 
 def recorder(events: list[TransferEvent]) -> Callable[[TransferEvent], None]:
     return events.append
+
+
+def asker(roundtrip, dealer):
+    """``ask(cls, **fields)``: one request on a raw DEALER, its reply (``req_id`` counted)."""
+    ids = iter(range(1, 1000))
+
+    def ask(cls, **fields):
+        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+
+    return ask
 
 
 # --- sizes ---------------------------------------------------------------------------------------
@@ -232,10 +238,7 @@ def test_bad_file_requests_get_errors_and_the_broker_goes_on(broker, raw_dealer,
     bob = peer("bob")
     info = bob.files.upload(make_file(tmp_path / "x", 10), room="share")
     dealer = raw_dealer()
-    ids = iter(range(1, 1000))
-
-    def ask(cls, **fields):
-        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+    ask = asker(roundtrip, dealer)
 
     assert isinstance(ask(p.Hello, nick="raw"), p.Welcome)
     good = {"name": "a", "size": 4, "sha256": hashlib.sha256(b"abcd").hexdigest()}
@@ -285,10 +288,7 @@ def test_a_download_has_at_most_16_mib_of_chunks_in_flight(broker, raw_dealer, r
     src = make_file(tmp_path / "c.bin", 32 * MiB + 3)
     info = alice.files.upload(src, room="share")
     dealer = raw_dealer()
-    ids = iter(range(1, 1000))
-
-    def ask(cls, **fields):
-        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+    ask = asker(roundtrip, dealer)
 
     ask(p.Hello, nick="raw")
     (files,) = [s for s in broker.services if isinstance(s, FilesService)]
@@ -324,10 +324,7 @@ def test_a_corrupted_upload_chunk_is_caught_and_nothing_is_shared(broker, raw_de
     data = os.urandom(3 * pf.FILE_CHUNK_BYTES + 5)
     sha = hashlib.sha256(data).hexdigest()
     dealer = raw_dealer()
-    ids = iter(range(1, 1000))
-
-    def ask(cls, **fields):
-        return roundtrip(dealer, p.encode(cls(req_id=next(ids), **fields)))
+    ask = asker(roundtrip, dealer)
 
     ask(p.Hello, nick="mallory")
     ask(p.Join, room="share")

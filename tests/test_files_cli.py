@@ -25,11 +25,6 @@ from zmeet.protocol import files as pf
 pytestmark = pytest.mark.timeout(90)
 
 
-
-
-
-
-
 def zmeet(*args: str, broker: str, nick: str, cwd: Path | None = None,
           stdin: bool = False) -> Proc:
     return Proc([*ZMEET, *args, "--broker", broker, "--nick", nick], cwd=cwd, stdin=stdin)
