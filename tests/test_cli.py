@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from proc import ZMEET, Proc, start_broker
+from proc import REPO, ZMEET, Proc, start_broker
 from zmeet_cli.main import main
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,6 +41,68 @@ def test_help_lists_every_command():
     assert result.exit_code == 0
     for command in ("broker", "join", "say", "tail"):
         assert command in result.output
+
+
+EXPECTED_COMMANDS = {"broker", "say", "tail", "join", "ttt", "guess", "games", "send", "files",
+                     "fetch", "bench"}
+
+
+def listed_commands(help_text: str) -> set[str]:
+    """The command names of a click group's ``--help`` (its "Commands:" section)."""
+    lines = help_text.splitlines()
+    start = lines.index("Commands:") + 1
+    return {line.split()[0] for line in lines[start:] if line.startswith("  ") and line.strip()}
+
+
+def test_the_module_and_the_script_offer_the_same_commands():
+    script = Path(sys.executable).with_name("zmeet")
+    runs = {
+        "python -m zmeet_cli": [sys.executable, "-m", "zmeet_cli", "--help"],
+        "zmeet": [str(script), "--help"],
+        "python -m zmeet_cli.main": [*ZMEET, "--help"],
+    }
+    offered = {}
+    for name, args in runs.items():
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (name, done.stderr)
+        offered[name] = listed_commands(done.stdout)
+    assert offered["python -m zmeet_cli"] == offered["zmeet"] == EXPECTED_COMMANDS
+    assert offered["python -m zmeet_cli.main"] == EXPECTED_COMMANDS
+
+
+def test_the_cli_package_has_no_import_circles():
+    """Every import between modules of cli/ (TYPE_CHECKING and function-level ones too) goes
+    one way: the composition root imports the features, never the other way round."""
+    package = REPO / "cli"
+    modules = {path.stem for path in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        edges = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    edges.add(node.module.split(".")[0])
+                elif node.level == 1:
+                    edges.update(alias.name for alias in node.names)
+                elif node.module and node.module.startswith("zmeet_cli."):
+                    edges.add(node.module.split(".")[1])
+                elif node.module == "zmeet_cli":
+                    edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name.split(".")[1] for alias in node.names
+                             if alias.name.startswith("zmeet_cli."))
+        edges &= modules
+    importers_of_root = {m for m, deps in graph.items() if "main" in deps}
+    assert importers_of_root <= {"__main__"}, importers_of_root
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph[module]):
+            assert dep not in [*path, module], f"import circle: {' -> '.join([*path, module, dep])}"
+            visit(dep, [*path, module])
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert graph["main"] >= {"bench", "broker", "chat", "files", "games"}
 
 
 def test_nick_is_required():
