@@ -105,6 +105,58 @@ def test_the_cli_package_has_no_import_circles():
     assert graph["main"] >= {"bench", "broker", "chat", "files", "games"}
 
 
+def recording_plugin(word: str, event_type: str = "poll"):
+    """A chat terminal plugin with one command, one line, item and event handler, one help
+    line and a renderer for ``event_type``; returns it and the list of what reached it."""
+    from zmeet_cli.terminal import Plugin
+
+    seen: list = []
+    plugin = Plugin(
+        commands={word: lambda term, rest: seen.append(("command", rest))},
+        line_handlers=[lambda term, line: line == "42" and not seen.append(("line", line))],
+        item_handlers=[lambda term, item: isinstance(item, int)
+                       and not seen.append(("item", item))],
+        event_handlers=[lambda term, event: seen.append(("event", event.type))],
+        help_lines=[f"  {word}  does things"],
+        renderers={event_type: lambda event: f"* {event.sender} polls: {event.text}"},
+    )
+    return plugin, seen
+
+
+def test_the_chat_terminal_takes_plugins_as_instances():
+    from types import SimpleNamespace
+
+    import gevent.event
+    from zmeet_cli.terminal import ChatTerminal
+
+    from zmeet.protocol import RoomEvent
+
+    lines: list[str] = []
+    (first, first_seen), (second, second_seen) = (recording_plugin("/poll"),
+                                                  recording_plugin("/vote", "vote"))
+    session = SimpleNamespace(rooms=("lobby",), nick="me")  # no request is made
+    term = ChatTerminal(session, "lobby", gevent.event.Event(), plugins=[first, second],
+                        out=lines.append)
+    term.handle("/POLL  tea or coffee ")
+    term.handle("42")
+    term.handle("/help")
+    assert first_seen == [("command", "tea or coffee"), ("line", "42")]
+    assert lines[-1].splitlines()[-2:] == ["  /poll  does things", "  /vote  does things"]
+    term.dispatch(7)
+    term.dispatch(RoomEvent(room="lobby", seq=1, id="a", ts_ms=0, type="poll", sender="bob",
+                            text="tea?"))
+    assert lines[-1].endswith("] * bob polls: tea?")
+    assert first_seen[-2:] == [("item", 7), ("event", "poll")] and ("item", 7) not in second_seen
+    other = ChatTerminal(session, "lobby", gevent.event.Event(),
+                         plugins=[recording_plugin("/x")[0]], out=lines.append)
+    other.dispatch(RoomEvent(room="lobby", seq=2, id="b", ts_ms=0, type="vote", sender="bob",
+                             text="yes"))
+    assert lines[-1].endswith("] * bob vote yes")  # the renderers are the terminal's own
+    with pytest.raises(ValueError, match="/poll"):
+        ChatTerminal(session, "lobby", gevent.event.Event(),
+                     plugins=[recording_plugin("/poll")[0], recording_plugin("/poll", "vote")[0]])
+
+
 def test_nick_is_required():
     result = CliRunner().invoke(main, ["say", "lobby", "hi"], env={"ZMEET_NICK": None})
     assert result.exit_code == 2
