@@ -119,6 +119,20 @@ def test_send_a_folder_list_it_and_fetch_it_with_relative_paths(broker, tmp_path
     assert any(ids[0] in line and "trip photos/a b.txt" in line for line in plain.stdout)
 
 
+def test_tail_reads_a_shared_file_as_the_files_feature_renders_it(broker, tmp_path):
+    assert zmeet("say", "r", "marker", broker=broker, nick="alice").wait() == 0
+    tail = zmeet("tail", "r", "--history", "1", "--timeout", "60", broker=broker, nick="watcher")
+    tail.expect(r"<alice> marker")  # printed after JOINED: the watcher is in the room
+    src = tmp_path / "notes.txt"
+    src.write_text("hello")
+    send = zmeet("send", str(src), "--room", "r", broker=broker, nick="alice")
+    assert send.wait() == 0, send.stderr
+    file_id = send.stdout[-1].rsplit(" as ", 1)[1]
+    tail.expect(rf"\* alice shared notes\.txt \(5 B\) as {file_id}$")
+    tail.signal(signal.SIGINT)
+    assert tail.wait() == 0
+
+
 def test_progress_is_json_for_scripts_and_no_bar_when_output_is_not_a_terminal(broker, tmp_path):
     src = make_file(tmp_path / "f.bin", 2 * MiB)
     plain = zmeet("send", str(src), "--room", "r", broker=broker, nick="alice")
