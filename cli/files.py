@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import click
@@ -469,8 +471,8 @@ def render_file(event: RoomEvent) -> str:
             f"({format_size(fields['size'])}) as {safe(fields['id'])}")
 
 
-RENDERERS: dict[str, Renderer] = {pf.FILE_EVENT_TYPE: render_file}
+RENDERERS: Mapping[str, Renderer] = MappingProxyType({pf.FILE_EVENT_TYPE: render_file})
 """The renderers the files feature adds, by event type."""
 
-COMMANDS: list[click.Command] = [send, files_, fetch]
+COMMANDS: tuple[click.Command, ...] = (send, files_, fetch)
 """The commands the files feature adds to ``zmeet``."""

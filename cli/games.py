@@ -835,5 +835,5 @@ class GamesChat(Plugin):
         return False
 
 
-COMMANDS: list[click.Command] = [ttt, guess, games]
+COMMANDS: tuple[click.Command, ...] = (ttt, guess, games)
 """The commands the games feature adds to ``zmeet``."""
