@@ -140,6 +140,7 @@ class ChatTerminal:
         self.help_lines = [line for plugin in self.plugins for line in plugin.help_lines]
 
     def out(self, line: str) -> None:
+        """Print ``line`` for the person at this terminal (the ``out`` given, else stdout)."""
         if self._out is not None:
             self._out(line)
             return
@@ -168,6 +169,9 @@ class ChatTerminal:
             self.out(f"-- error: {exc}")
 
     def read_input(self, keep_running_on_eof: bool) -> None:
+        """Run each line of stdin (UTF-8, bad bytes replaced) through :meth:`handle` until
+        :attr:`stop` is set or stdin ends; at its end, set :attr:`stop` unless
+        ``keep_running_on_eof`` (``--duration`` given)."""
         fd = sys.stdin.fileno()
         buffer = b""
         while not self.stop.is_set():
