@@ -813,4 +813,4 @@ def _recv_control_rest(sock: zmq.Socket, routing_id: bytes) -> list:
     return parts
 
 
-__all__ = ["Broker", "BrokerConfig", "default_data_dir", "derive_endpoints"]
+__all__ = ["Broker", "BrokerConfig", "ClientSession", "default_data_dir", "derive_endpoints"]
