@@ -4,29 +4,18 @@ settings given as options here (docs/protocol.md, 3.14 and 3.15).
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from zmeet.broker import Broker, BrokerConfig, default_data_dir
-from zmeet.broker.files import FilesService
-from zmeet.broker.games import GamesService
+from zmeet.broker import Broker, BrokerConfig, default_data_dir, default_services
 from zmeet.files import parse_size
 from zmeet.games import ArenaSettings
 from zmeet.protocol.limits import DEFAULT_HISTORY, HEARTBEAT_INTERVAL_MS
 
 from .common import LOG_LEVELS, _fail, _on_signals, _setup_logging
-
-
-def services(games: ArenaSettings) -> list[Callable[[Broker], Any]]:
-    """The factories of the broker's services beyond chat, for ``BrokerConfig.services``:
-    files, then games with the ``games`` settings (the order the broker always ran them in)."""
-    return [FilesService, functools.partial(GamesService, settings=games)]
 
 
 @click.command()
@@ -74,7 +63,7 @@ def broker(control, events, media_in, media_out, data_dir, history, heartbeat_ms
         data_dir=data_dir or default_data_dir(), history=history,
         heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
         media_forwarder=media_forwarder,
-        services=services(ArenaSettings(challenge_expiry_s=challenge_expiry_s,
+        services=default_services(ArenaSettings(challenge_expiry_s=challenge_expiry_s,
                                         reconnect_window_s=reconnect_window_s)),
     )
     try:
