@@ -207,16 +207,15 @@ def join(ctx, room, nick, broker, connect_timeout_s, history, duration_s, video,
         display = not no_display and _has_display()
         wants_media = video or video_file or screen or display or record_dir or audio or listen
         if wants_media:
-            from zmeet.client.media import Meeting
+            from zmeet.client.media import Meeting, MeetingOptions
 
-            meeting = Meeting(
-                session, room,
+            meeting = Meeting(session, room, MeetingOptions(
                 camera=camera if (video and not video_file) else None,
                 video_file=video_file, screen=screen, monitor=monitor, quality=quality,
                 max_width=max_width, fps=fps, display=display, record_dir=record_dir,
                 audio=audio, listen=listen, input_device=_device(input_device),
                 output_device=_device(output_device), max_streams=max_streams,
-            )
+            ))
             meeting.start()
             term.meeting = meeting
         greenlets.append(gevent.spawn(term.pump_events))

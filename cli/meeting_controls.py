@@ -1,6 +1,6 @@
 """Meeting controls typed in the ``zmeet join`` terminal: ``/video on|off``, ``/screen on|off``,
 ``/mute``, ``/unmute``. Others learn the change from the media state the meeting sends
-(:class:`zmeet.client.audio.MediaState`): a muted badge, a dark tile, the stage view ending.
+(:class:`zmeet.protocol.MediaState`): a muted badge, a dark tile, the stage view ending.
 
 :class:`MeetingControls` is the terminal :class:`~zmeet_cli.terminal.Plugin` of the meeting: its
 commands, and the tiles, state and audio of someone who left the meeting's room going with them.
