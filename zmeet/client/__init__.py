@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .session import Notice, Session, resolve_endpoint
+from ..protocol.clone import LinkState, Notice
+from .session import Session, resolve_endpoint
 
-__all__ = ["Notice", "Session", "resolve_endpoint"]
+__all__ = ["LinkState", "Notice", "Session", "resolve_endpoint"]
