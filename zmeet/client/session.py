@@ -407,6 +407,7 @@ class Session:
                 for room in self._clone.rejoin_rooms():
                     if not self._clone.is_joined(room):
                         continue  # left while an earlier room was rejoined
+                    self._run(self._clone.rejoin_started(room))
                     try:
                         joined = self.request(p.Join, room=room, history=0)
                     except RequestRefused as exc:

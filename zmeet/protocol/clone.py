@@ -25,6 +25,7 @@ input (method)                             effects it may return
 ``history_received(fetch_id, events)``     ``Deliver`` ..., another ``FetchHistory``, then what
                                            waited for the fill
 ``history_failed(fetch_id, reason)``       ``Notice("gap")`` (unless closing), then what waited
+``rejoin_started(room)``                   none (remembers the cursor the JOIN is asked with)
 ``rejoined(room, joined)``                 ``MembersChanged``, ``Notice("history-lost")``,
                                            ``FetchHistory``
 ``rejoin_refused(room, reason)``           ``Unsubscribe``, ``MembersChanged``,
@@ -170,8 +171,9 @@ class FetchHistory:
 @dataclass(frozen=True)
 class Reconnect:
     """Recover (docs/protocol.md 3.8): say HELLO again (then :meth:`CloneClient.welcomed`),
-    JOIN with ``history = 0`` each room of :meth:`CloneClient.rejoin_rooms` (then
-    :meth:`~CloneClient.rejoined` or :meth:`~CloneClient.rejoin_refused`), then
+    JOIN with ``history = 0`` each room of :meth:`CloneClient.rejoin_rooms` (first
+    :meth:`~CloneClient.rejoin_started`, then :meth:`~CloneClient.rejoined` or
+    :meth:`~CloneClient.rejoin_refused`), then
     :meth:`~CloneClient.recovered`. If HELLO or a JOIN gets no reply, or HELLO is refused, start
     again after one heartbeat interval, until it succeeds or the session is closed."""
 
@@ -189,6 +191,7 @@ class _Room:
     cursor: int | None = None  # the last seq delivered (or known); None until JOINED
     held: list[RoomEvent] = field(default_factory=list)  # live events before JOINED
     members: dict[str, None] | None = None  # None until a JOINED gave a member list
+    rejoin_cursor: int | None = None  # the cursor when a recovery's JOIN was sent
 
 
 # What waits for a fill to end, in order: the live event that revealed the gap ("then"), an
@@ -348,16 +351,32 @@ class CloneClient:
         """LEAVE ``room`` succeeded: forget the room."""
         return self._forget(room)
 
+    def rejoin_started(self, room: str) -> list[Effect]:
+        """A recovery's JOIN of ``room`` is about to be sent: remember the cursor it is asked
+        with, the one :meth:`rejoined` compares JOINED's ``last_seq`` with."""
+        r = self._rooms.get(room)
+        if r is not None:
+            r.rejoin_cursor = r.cursor
+        return []
+
     def rejoined(self, room: str, joined: Joined) -> list[Effect]:
-        """A recovery's JOINED for ``room``. ``last_seq`` below the cursor: the broker lost
-        the room's history; restart the cursor at ``last_seq - 1`` (3.8 step 3). Then fill
-        from the cursor with no upper bound (step 4)."""
+        """A recovery's JOINED for ``room``. ``last_seq`` below the cursor the JOIN was asked
+        with (:meth:`rejoin_started`; else the cursor now): the broker lost the room's history;
+        restart the cursor at ``last_seq - 1`` (3.8 step 3). Then fill from the cursor with no
+        upper bound (step 4).
+
+        The cursor of the time matters: live events of the new broker newer than ``last_seq``
+        may have moved the cursor since the JOIN was sent; compared with them, a broker that
+        kept its history looked as if it had lost it (issue 13), and the restarted cursor
+        delivered events a second time."""
         r = self._rooms.get(room)
         if r is None or r.cursor is None:
             return []
         out: list[Effect] = []
         self._set_members(r, joined.members, out)
-        if joined.last_seq < r.cursor:
+        asked_with = r.cursor if r.rejoin_cursor is None else r.rejoin_cursor
+        r.rejoin_cursor = None
+        if joined.last_seq < asked_with:
             r.cursor = max(0, joined.last_seq - 1)
             out.append(Notice("history-lost", f"#{room}: the broker lost earlier history"))
         self._start_fill(r, CATCH_UP_TO, [], out)
