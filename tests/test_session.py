@@ -12,7 +12,8 @@ import zmq
 import zmq.green as zmq_green
 
 from zmeet import protocol as p
-from zmeet.client import Notice, Session
+from zmeet.client import LinkState, Notice, Session
+from zmeet.clock import ManualClock
 from zmeet.errors import BrokerUnavailable, RequestRefused
 from zmeet.protocol import games as pg
 from zmeet.protocol.limits import MAX_HISTORY
@@ -324,6 +325,42 @@ def test_a_session_the_broker_dropped_rejoins_by_itself(broker, connect, wait_fo
     items = wait_for(alice, chat("welcome back"))
     assert [(e.type, e.sender) for e in room_events(items) if e.type != "chat"] == [
         ("join", "bob"), ("gone", "bob"), ("join", "bob")]
+
+
+@pytest.mark.broker_config(heartbeat_interval_ms=100)
+def test_heartbeat_silence_is_read_on_the_injected_clock(broker, connect, wait_for, chat):
+    """Session reads liveness time from its ``clock``: a ManualClock moved past
+    ``interval x liveness`` is silence, although heartbeats keep coming; the session recovers."""
+    clock = ManualClock()
+    alice = connect("alice", clock=clock)
+    alice.join("lobby")
+    assert alice.state is LinkState.UP
+    limits = alice.welcome.limits
+    silence_s = limits["heartbeat_interval_ms"] / 1000 * limits["heartbeat_liveness"]
+    lost = []
+    for _ in range(100):  # a heartbeat taken between a move and the check resets the silence
+        clock.advance(silence_s + 1)
+        try:
+            item = alice.events.get(timeout=0.2)
+        except gevent.queue.Empty:
+            continue
+        if notice("broker-lost")(item):
+            lost.append(item)
+            break
+    assert lost == [Notice("broker-lost", "no heartbeat from the broker; rejoining")]
+    wait_for(alice, notice("reconnected"))
+    assert alice.state is LinkState.UP and "alice" in alice.info("lobby").members
+    alice.say("lobby", "still here")
+    wait_for(alice, chat("still here"))
+
+
+def test_the_session_state_follows_connect_and_close(connect):
+    session = Session(free_endpoint(), "alice", timeout_s=0.2)
+    assert session.state is LinkState.NEW
+    alice = connect("alice")
+    assert alice.state is LinkState.UP
+    alice.close()
+    assert alice.state is LinkState.CLOSED
 
 
 @pytest.mark.timeout(60)
