@@ -569,22 +569,20 @@ class _Harness:
             assert self.machine.cursor(room) == (seqs[-1] if seqs else self.start[room])
 
 
-ACTIONS = st.lists(
-    st.one_of(
-        st.tuples(st.just("publish"), st.integers(0, 1), st.booleans()),  # (room, dropped)
-        st.tuples(st.just("hole"), st.integers(0, 1)),  # a number lost by a failed commit
-        st.tuples(st.just("feed"), st.integers(0, 1)),
-        st.tuples(st.just("drain"), st.integers(0, 1)),  # feed all that is on the wire
-        st.tuples(st.just("answer"), st.integers(0, 7),
-                  st.sampled_from(["honest", "honest", "dup", "fail"])),
-        st.tuples(st.just("join-reply"), st.integers(0, 3)),
-        st.tuples(st.just("rejoin-reply"), st.integers(0, 3)),
-        st.just(("heartbeat",)),
-        st.just(("lose",)),  # PING failed: the broker is lost (same broker)
-        st.just(("restart",)),
-    ),
-    max_size=60,
+ACTION = st.one_of(
+    st.tuples(st.just("publish"), st.integers(0, 1), st.booleans()),  # (room, dropped)
+    st.tuples(st.just("hole"), st.integers(0, 1)),  # a number lost by a failed commit
+    st.tuples(st.just("feed"), st.integers(0, 1)),
+    st.tuples(st.just("drain"), st.integers(0, 1)),  # feed all that is on the wire
+    st.tuples(st.just("answer"), st.integers(0, 7),
+              st.sampled_from(["honest", "honest", "dup", "fail"])),
+    st.tuples(st.just("join-reply"), st.integers(0, 3)),
+    st.tuples(st.just("rejoin-reply"), st.integers(0, 3)),
+    st.just(("heartbeat",)),
+    st.just(("lose",)),  # PING failed: the broker is lost (same broker)
+    st.just(("restart",)),
 )
+ACTIONS = st.lists(ACTION, max_size=60)
 
 
 def _play(actions, rooms=("a", "b"), max_history=3, short=False) -> _Harness:

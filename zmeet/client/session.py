@@ -78,7 +78,6 @@ class Session:
         self.nick = nick
         self.timeout_s = timeout_s
         self.client_name = client
-        self.reconnect = reconnect
         self.clock = clock
         self.context = context or zmq_green.Context.instance()
         self.events: gevent.queue.Queue = gevent.queue.Queue()
@@ -102,6 +101,15 @@ class Session:
         self._dealer: zmq_green.Socket | None = None
         self._sub: zmq_green.Socket | None = None
         self._last_heartbeat_s = self.clock.monotonic_s()
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a lost broker is recovered (HELLO again, rejoin, fill); else one notice."""
+        return self._clone.reconnect
+
+    @reconnect.setter
+    def reconnect(self, value: bool) -> None:
+        self._clone.reconnect = value
 
     @property
     def state(self) -> LinkState:

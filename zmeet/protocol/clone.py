@@ -281,7 +281,13 @@ class CloneClient:
 
     def heartbeat(self, epoch: str) -> list[Effect]:
         """A HEARTBEAT arrived. Another epoch than WELCOME's: the broker restarted (as
-        :meth:`lost`). The same: catch up every room whose JOINED came since the last one."""
+        :meth:`lost`). The same: catch up every room whose JOINED came since the last one, one
+        room after the other (3.7.2 step 5).
+
+        A SUB subscription takes effect at the broker some time after ``setsockopt``, and
+        nothing tells the subscriber when (the "slow joiner" of the ZeroMQ Guide, chapter 5).
+        An event published in that window would otherwise wait for the next event to be
+        noticed as a gap; the catch-up fetches it at the first heartbeat after JOINED."""
         if self.epoch is not None and epoch != self.epoch:
             return self.lost("broker-restarted", "the broker restarted; rejoining")
         if self.closing:
