@@ -447,6 +447,7 @@ class _Harness:
 
     # the driver
     def run(self, effects, history_first: int = 0) -> None:
+        assert not any(isinstance(e, FetchHistory) for e in effects[:-1]), effects  # last
         for i, effect in enumerate(effects):
             if isinstance(effect, Deliver):
                 if i >= history_first:

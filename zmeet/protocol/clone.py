@@ -38,11 +38,11 @@ Every effect is a frozen dataclass. ``FetchHistory`` asks the driver for
 ``HISTORY(room, after_seq, limit)``; the driver answers with ``history_received`` or
 ``history_failed`` and the same ``fetch_id``, whenever it likes: several fetches may be in
 flight at once (a live gap, a catch-up, a recovery), and each delivery is checked against the
-room's cursor when it is made, so none is delivered twice. Effects that follow a
-``FetchHistory`` in one list are independent of it; what depends on the fill (the event that
-revealed the gap, the events JOINED held, the next room to catch up) waits inside the machine
-and comes back from the reply's input, so a driver that answers each fetch before it carries
-out the next effect delivers exactly what a blocking loop would.
+room's cursor when it is made, so none is delivered twice. A ``FetchHistory`` is always the
+last effect of its list: what depends on the fill (the event that revealed the gap, the events
+JOINED held, the next room to catch up) waits inside the machine and comes back from the
+reply's input, so a driver that answers each fetch at once delivers exactly what a blocking
+loop would, in the same order.
 
 States: :class:`LinkState` for the session (one at a time), :class:`RoomState` for each room.
 """
