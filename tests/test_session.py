@@ -6,15 +6,16 @@ import contextlib
 import time
 
 import gevent
-import gevent.event
 import gevent.queue
 import pytest
 import zmq
 import zmq.green as zmq_green
 
 from zmeet import protocol as p
-from zmeet.client import Notice, Session
+from zmeet.client import LinkState, Notice, Session
+from zmeet.clock import ManualClock
 from zmeet.errors import BrokerUnavailable, RequestRefused
+from zmeet.protocol import games as pg
 from zmeet.protocol.limits import MAX_HISTORY
 
 pytestmark = pytest.mark.timeout(30)
@@ -190,101 +191,107 @@ def test_a_gap_longer_than_one_history_reply_is_filled_completely(broker, connec
     assert [e.seq for e in events] == list(range(bob_joined.last_seq + 1, posted.seq + 1))
 
 
-def _prove_subscriptions(broker, session, probe_room, timeout_s=5.0):
+def _probe(game_id: str) -> pg.GameState:
+    """A published GAME-STATE under ``game/<game_id>/``: a Session puts it on its events queue
+    as it comes (no cursor, no history), so its arrival proves the SUB is subscribed."""
+    view = pg.GameView(
+        id=game_id, kind="tictactoe", players=("probe", "probe"), options={}, moves=(), turn="",
+        status="over", result="draw", winner="", reason="full", away=(), move_timeout_s=0,
+        time_left_ms=0, version=1,
+    )
+    return pg.GameState(game=view)
+
+
+def _prove_subscriptions(broker, session, probe_id, timeout_s=5.0) -> list:
     """Wait until ``session``'s SUB is known to have its subscriptions in force at the broker.
 
-    Subscribes the SUB to a probe room and has the broker publish on it until one probe
-    arrives: subscriptions travel to the PUB in order, so every change made before is in
-    force too. Bounded in tries and time; each try waits for the probe, never sleeps.
+    Subscribes the SUB to a probe topic (public :meth:`Session.subscribe`) and has the broker
+    publish on it until one probe arrives: subscriptions travel to the PUB in order, so every
+    change made before is in force too. Bounded in tries and time; each try waits for an item,
+    never sleeps. Returns the other items taken from ``session.events`` meanwhile, in order.
     """
-    seen = gevent.event.Event()
-    deliver = session._on_room_event
-
-    def spy(event):
-        if event.room == probe_room:
-            seen.set()
-        deliver(event)
-
-    session._on_room_event = spy
-    session._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(probe_room))
-    probe = p.RoomEvent(room=probe_room, seq=1, id="probe", ts_ms=0, type="chat", sender="probe")
+    topic = pg.game_topic(probe_id)
+    others: list = []
+    session.subscribe(topic)
     deadline = time.monotonic() + timeout_s
     try:
         for _ in range(1000):
-            broker.publish(probe)
-            if seen.wait(timeout=0.02) or time.monotonic() > deadline:
+            broker.publish(_probe(probe_id))
+            try:
+                item = session.events.get(timeout=0.02)
+            except gevent.queue.Empty:
+                item = None
+            if isinstance(item, pg.GameState):
+                if item.game.id == probe_id:
+                    return others
+            elif item is not None:
+                others.append(item)
+            if time.monotonic() > deadline:
                 break
-        assert seen.is_set(), "the probe never arrived"
+        pytest.fail(f"the probe never arrived; got {others!r}")
     finally:
-        session._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(probe_room))
-        session._on_room_event = deliver
+        session.unsubscribe(topic)
 
 
-def test_a_subscriber_that_missed_events_gets_them_via_history(broker, connect, wait_for, chat):
+def _spy_history(monkeypatch, broker) -> list[tuple[str, int, tuple[int, ...]]]:
+    """``(room, after_seq, seqs returned)`` of every HISTORY the broker answers from now on
+    (a spy on the real store's public ``after``)."""
+    answered: list[tuple[str, int, tuple[int, ...]]] = []
+    after = broker.store.after
+
+    def spy(room, after_seq, limit):
+        events = after(room, after_seq, limit)
+        answered.append((room, after_seq, tuple(e.seq for e in events)))
+        return events
+
+    monkeypatch.setattr(broker.store, "after", spy)
+    return answered
+
+
+def test_a_subscriber_that_missed_events_gets_them_via_history(
+    broker, connect, wait_for, chat, monkeypatch
+):
     alice = connect("alice")
     alice.join("lobby")
     bob = connect("bob")
     bob_joined = bob.join("lobby")
-    delivered_live = []
-    deliver = bob._on_room_event
+    answered = _spy_history(monkeypatch, broker)
 
-    def spy(event):
-        if event.room == "lobby":
-            delivered_live.append(event.seq)
-        deliver(event)
-
-    bob._on_room_event = spy
-
-    bob._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic("lobby"))
-    _prove_subscriptions(broker, bob, "probe-a")
+    bob.unsubscribe(p.room_topic("lobby"))
+    before = _prove_subscriptions(broker, bob, "probe-a")
     missed = [alice.say("lobby", f"missed {i}") for i in range(3)]
-    bob._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic("lobby"))
-    _prove_subscriptions(broker, bob, "probe-b")
+    bob.subscribe(p.room_topic("lobby"))
+    before += _prove_subscriptions(broker, bob, "probe-b")
     posted = alice.say("lobby", "back again")
 
-    events = room_events(wait_for(bob, chat("back again")))
+    events = room_events(before + wait_for(bob, chat("back again")))
     assert [e.seq for e in events] == list(range(bob_joined.last_seq + 1, posted.seq + 1))
     assert [e.text for e in events] == [f"missed {i}" for i in range(3)] + ["back again"]
     assert [e.seq for e in events[:3]] == [x.seq for x in missed]
-    assert not set(delivered_live) & {x.seq for x in missed}  # they did not come on the SUB
-
-
-class _HeldSubscriptions:
-    """Stands in for a session's SUB and keeps its SUBSCRIBE calls from reaching the socket:
-    a subscription that has not yet taken effect at the broker (the slow joiner)."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.held: list[bytes] = []
-
-    def setsockopt(self, option, value):
-        if option == zmq.SUBSCRIBE:
-            self.held.append(value)
-        else:
-            self.sock.setsockopt(option, value)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
+    # they came in a HISTORY reply asked from bob's cursor (not on the SUB: it was unsubscribed)
+    missed_seqs = tuple(x.seq for x in missed)
+    assert any(
+        (room, after_seq, seqs[:3]) == ("lobby", bob_joined.last_seq, missed_seqs)
+        for room, after_seq, seqs in answered
+    ), answered
 
 
 @pytest.mark.broker_config(heartbeat_interval_ms=60_000)  # no heartbeat but the test's own
 def test_an_event_published_before_the_subscription_takes_effect_comes_at_the_next_heartbeat(
     broker, connect, chat
 ):
+    """The slow joiner: bob's subscription to the room is not in force at the broker when an
+    event is published (here: taken back right after JOIN, and proven gone by a probe)."""
     alice = connect("alice")
     alice.join("lobby")
     bob = connect("bob")
-    sub = bob._sub
-    bob._sub = held = _HeldSubscriptions(sub)
-    try:
-        bob_joined = bob.join("lobby")
-    finally:
-        bob._sub = sub
-    assert held.held == [p.room_topic("lobby")]
+    bob_joined = bob.join("lobby")
+    bob.unsubscribe(p.room_topic("lobby"))
+    seen = _prove_subscriptions(broker, bob, "probe-a")
     posted = alice.say("lobby", "in the window")  # published while bob's SUB is not subscribed
-    sub.setsockopt(zmq.SUBSCRIBE, p.room_topic("lobby"))
+    bob.subscribe(p.room_topic("lobby"))
     heartbeat = p.Heartbeat(epoch=broker.epoch, ts_ms=0, interval_ms=60_000)
-    seen = []
+    assert not any(chat("in the window")(item) for item in seen)
     for _ in range(200):  # until bob's SUB has its heartbeat subscription and takes one
         broker.publish(heartbeat)
         try:
@@ -318,6 +325,42 @@ def test_a_session_the_broker_dropped_rejoins_by_itself(broker, connect, wait_fo
     items = wait_for(alice, chat("welcome back"))
     assert [(e.type, e.sender) for e in room_events(items) if e.type != "chat"] == [
         ("join", "bob"), ("gone", "bob"), ("join", "bob")]
+
+
+@pytest.mark.broker_config(heartbeat_interval_ms=100)
+def test_heartbeat_silence_is_read_on_the_injected_clock(broker, connect, wait_for, chat):
+    """Session reads liveness time from its ``clock``: a ManualClock moved past
+    ``interval x liveness`` is silence, although heartbeats keep coming; the session recovers."""
+    clock = ManualClock()
+    alice = connect("alice", clock=clock)
+    alice.join("lobby")
+    assert alice.state is LinkState.UP
+    limits = alice.welcome.limits
+    silence_s = limits["heartbeat_interval_ms"] / 1000 * limits["heartbeat_liveness"]
+    lost = []
+    for _ in range(100):  # a heartbeat taken between a move and the check resets the silence
+        clock.advance(silence_s + 1)
+        try:
+            item = alice.events.get(timeout=0.2)
+        except gevent.queue.Empty:
+            continue
+        if notice("broker-lost")(item):
+            lost.append(item)
+            break
+    assert lost == [Notice("broker-lost", "no heartbeat from the broker; rejoining")]
+    wait_for(alice, notice("reconnected"))
+    assert alice.state is LinkState.UP and "alice" in alice.info("lobby").members
+    alice.say("lobby", "still here")
+    wait_for(alice, chat("still here"))
+
+
+def test_the_session_state_follows_connect_and_close(connect):
+    session = Session(free_endpoint(), "alice", timeout_s=0.2)
+    assert session.state is LinkState.NEW
+    alice = connect("alice")
+    assert alice.state is LinkState.UP
+    alice.close()
+    assert alice.state is LinkState.CLOSED
 
 
 @pytest.mark.timeout(60)

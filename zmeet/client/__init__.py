@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from ..protocol.clone import LinkState, Notice
 from .games import GameClient
-from .session import Notice, Session, resolve_endpoint
+from .session import Session, resolve_endpoint
 
-__all__ = ["GameClient", "Notice", "Session", "resolve_endpoint"]
+__all__ = ["GameClient", "LinkState", "Notice", "Session", "resolve_endpoint"]

@@ -8,7 +8,10 @@ on a :class:`gevent.event.AsyncResult` under a :class:`gevent.Timeout`.
 Room events reach :attr:`Session.events` in order, each once (docs/protocol.md, "Reliable
 room events", after the Clone pattern of the ZeroMQ Guide, chapter 5): the SUB subscribes
 before JOIN, events at or below JOINED's ``last_seq`` are dropped, and a gap in sequence
-numbers is filled with HISTORY before later events are delivered.
+numbers is filled with HISTORY before later events are delivered. Those rules, and the
+recovery after a lost broker, are the sans-IO machine :class:`zmeet.protocol.clone.CloneClient`;
+``Session`` is its driver: it feeds the machine what the sockets bring and carries out the
+effects it returns (deliver, HISTORY, notices, subscriptions, reconnect).
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ import itertools
 import logging
 import re
 import secrets
-import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import gevent
 import gevent.event
@@ -28,7 +30,10 @@ import zmq
 import zmq.green as zmq_green
 
 from .. import protocol as p
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerUnavailable, NickInUse, RequestRefused
+from ..protocol import clone
+from ..protocol.clone import LinkState, Notice
 from ..protocol.limits import MAX_HISTORY
 from ..zmqio import recv_rest, send_parts
 
@@ -36,17 +41,6 @@ log = logging.getLogger("zmeet.client")
 
 DEFAULT_TIMEOUT_S = 5.0
 """How long a request waits for its reply before the broker is taken to be unavailable."""
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something about the session, not a room event: ``kind`` is ``broker-lost``,
-    ``broker-restarted``, ``reconnected``, ``gap`` (events that could not be fetched),
-    ``left`` (a room that could not be rejoined) or ``history-lost`` (the broker came back
-    without a room's history); ``text`` says it for people."""
-
-    kind: str
-    text: str
 
 
 def resolve_endpoint(advertised: str, control: str) -> str:
@@ -59,20 +53,14 @@ def resolve_endpoint(advertised: str, control: str) -> str:
     return advertised
 
 
-@dataclass
-class _RoomCursor:
-    last_seq: int | None = None  # None until JOINED
-    needs_sync: bool = True  # catch up from history at the next heartbeat
-    pending: list[p.RoomEvent] = field(default_factory=list)
-
-
 class Session:
     """A connection to one broker under one nick.
 
     ``broker`` is the control endpoint (``tcp://HOST:PORT``); ``timeout_s`` bounds every
     request. Call :meth:`connect` first; it raises :class:`BrokerUnavailable` if the broker
     does not answer within ``timeout_s``, :class:`NickInUse` or :class:`RequestRefused` if it
-    refuses. Every other request raises the same on timeout or ERROR.
+    refuses. Every other request raises the same on timeout or ERROR. ``clock`` gives the
+    monotonic time of heartbeat liveness (:data:`zmeet.clock.SYSTEM_CLOCK` by default).
     """
 
     def __init__(
@@ -84,12 +72,13 @@ class Session:
         client: str = "zmeet",
         context: zmq_green.Context | None = None,
         reconnect: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.broker = broker
         self.nick = nick
         self.timeout_s = timeout_s
         self.client_name = client
-        self.reconnect = reconnect
+        self.clock = clock
         self.context = context or zmq_green.Context.instance()
         self.events: gevent.queue.Queue = gevent.queue.Queue()
         """Ordered :class:`~zmeet.protocol.RoomEvent` and :class:`Notice` items."""
@@ -104,18 +93,29 @@ class Session:
         self.member_listeners: list = []
         """Callables given a room's name each time its member list changes (see
         :meth:`members`): the media lane subscribes to each member's streams from it."""
-        self._members: dict[str, dict[str, None]] = {}
+        self._clone = clone.CloneClient(reconnect=reconnect, max_history=MAX_HISTORY)
+        self._members: dict[str, tuple[str, ...]] = {}  # as of the last MembersChanged carried out
         self._ids = itertools.count(1)
         self._pending: dict[int, gevent.event.AsyncResult] = {}
-        self._rooms: dict[str, _RoomCursor] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._dealer: zmq_green.Socket | None = None
         self._sub: zmq_green.Socket | None = None
-        self._last_heartbeat = time.monotonic()
-        self._closed = False
-        self._closing = False
-        self._recovering = False
-        self._lost = False
+        self._last_heartbeat_s = self.clock.monotonic_s()
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a lost broker is recovered (HELLO again, rejoin, fill); else one notice."""
+        return self._clone.reconnect
+
+    @reconnect.setter
+    def reconnect(self, value: bool) -> None:
+        self._clone.reconnect = value
+
+    @property
+    def state(self) -> LinkState:
+        """Where the link to the broker is: a :class:`zmeet.protocol.clone.LinkState`
+        (``NEW``, ``UP``, ``RECOVERING``, ``LOST``, ``CLOSING``, ``CLOSED``)."""
+        return self._clone.state
 
     # connection -------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class Session:
         sub.setsockopt(zmq.SUBSCRIBE, p.HEARTBEAT_TOPIC)
         sub.connect(self.endpoints["events"])
         self._sub = sub
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat_s = self.clock.monotonic_s()
         self._greenlets.append(gevent.spawn(self._event_loop))
         self._greenlets.append(gevent.spawn(self._heartbeat_loop))
         return welcome
@@ -153,6 +153,7 @@ class Session:
             )
         old_events = self.endpoints.get("events")
         self.welcome = welcome
+        self._run(self._clone.welcomed(welcome.epoch))
         self.endpoints = {k: resolve_endpoint(v, self.broker) for k, v in welcome.endpoints.items()}
         if self._sub is not None and old_events and self.endpoints["events"] != old_events:
             self._sub.disconnect(old_events)  # a broker restarted on other ports
@@ -164,15 +165,15 @@ class Session:
     def close(self, bye: bool = True) -> None:
         """Say BYE (if asked and connected, waiting at most ``timeout_s``), stop the greenlets
         and close the sockets. Idempotent; never raises for a broker that went away."""
-        if self._closed:
+        if self._clone.state is LinkState.CLOSED:
             return
-        self._closing = True  # no catch-up requests after BYE
+        self._run(self._clone.close_started())  # no catch-up requests after BYE
         if bye and self.welcome is not None:
             try:
                 self.request(p.Bye, timeout_s=min(self.timeout_s, 2.0))
             except (BrokerUnavailable, RequestRefused):
                 pass  # the broker will time the session out by heartbeats
-        self._closed = True
+        self._run(self._clone.closed())
         gevent.killall(self._greenlets, block=True, timeout=1)
         for sock in (self._dealer, self._sub):
             if sock is not None:
@@ -192,7 +193,7 @@ class Session:
         Raises :class:`BrokerUnavailable` after ``timeout_s`` without a reply,
         :class:`NickInUse` or :class:`RequestRefused` for an ERROR reply.
         """
-        if self._dealer is None or self._closed:
+        if self._dealer is None or self._clone.state is LinkState.CLOSED:
             raise BrokerUnavailable("the session is closed")
         req_id = next(self._ids)
         result = gevent.event.AsyncResult()
@@ -232,72 +233,30 @@ class Session:
     def join(self, room: str, history: int = -1) -> p.Joined:
         """Subscribe to ``room``, JOIN it, and queue its history (chat messages, oldest first)
         on :attr:`events`, followed by live events in order."""
-        cursor = self._rooms.get(room)
-        if cursor is not None and cursor.last_seq is not None:  # already in: nothing to redo
+        if self._clone.is_joined(room):  # already in: nothing to redo
             joined = self.request(p.Join, room=room, history=0)
             assert isinstance(joined, p.Joined)
             return joined
-        cursor = self._rooms.setdefault(room, _RoomCursor())
-        if self._sub is not None:
-            self._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(room))
+        self._run(self._clone.join_started(room))
         try:
             joined = self.request(p.Join, room=room, history=history)
         except BaseException:
-            self._forget(room)
+            self._run(self._clone.join_failed(room))
             raise
         assert isinstance(joined, p.Joined)
-        for event in joined.history:
-            self.events.put(event)
-        self._set_members(room, joined.members)
-        cursor.last_seq = joined.last_seq
-        cursor.needs_sync = True
-        pending, cursor.pending = cursor.pending, []
-        for event in sorted(pending, key=lambda e: e.seq):
-            self._on_room_event(event)
+        self._run(self._clone.joined(room, joined))
         return joined
 
     def leave(self, room: str) -> None:
         """LEAVE ``room`` and stop listening to it."""
         self.request(p.Leave, room=room)
-        self._forget(room)
-
-    def _forget(self, room: str) -> None:
-        if self._rooms.pop(room, None) is not None and self._sub is not None:
-            self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(room))
-        if self._members.pop(room, None) is not None:
-            self._members_changed(room)
+        self._run(self._clone.left(room))
 
     def members(self, room: str) -> tuple[str, ...]:
         """The nicks in ``room`` (this one included), in join order, as this session knows
         them: JOINED's snapshot, then every ``join``, ``leave`` and ``gone`` event in sequence
         order (the Clone pattern's snapshot and updates). Empty for a room not joined."""
-        return tuple(self._members.get(room, ()))
-
-    def _set_members(self, room: str, members: Iterable[str]) -> None:
-        new = dict.fromkeys(members)
-        if list(new) != list(self._members.get(room, {})):
-            self._members[room] = new
-            self._members_changed(room)
-
-    def _members_changed(self, room: str) -> None:
-        for listener in list(self.member_listeners):
-            try:
-                listener(room)
-            except Exception:
-                log.exception("a member listener failed for %s", room)
-
-    def _deliver(self, event: p.RoomEvent) -> None:
-        """Queue ``event``, the next in its room's sequence, and keep the member list."""
-        members = self._members.get(event.room)
-        if members is not None and event.type in ("join", "leave", "gone"):
-            present = event.sender in members
-            if event.type == "join" and not present:
-                members[event.sender] = None
-                self._members_changed(event.room)
-            elif event.type != "join" and present:
-                del members[event.sender]
-                self._members_changed(event.room)
-        self.events.put(event)
+        return self._members.get(room, ())
 
     def subscribe(self, topic: bytes) -> None:
         """Also receive published messages under ``topic`` (a prefix) on :attr:`events`."""
@@ -325,7 +284,53 @@ class Session:
 
     @property
     def rooms(self) -> Iterable[str]:
-        return tuple(self._rooms)
+        return self._clone.rooms
+
+    # the machine's effects --------------------------------------------------------------------
+
+    def _run(self, effects: list[clone.Effect]) -> None:
+        """Carry out ``effects`` in order. A HISTORY is asked and answered before the next
+        effect: what its reply gives comes first (a blocking loop's order, without recursion)."""
+        todo: deque[clone.Effect] = deque(effects)
+        while todo:
+            effect = todo.popleft()
+            if isinstance(effect, clone.Deliver | Notice):
+                self.events.put(effect.event if isinstance(effect, clone.Deliver) else effect)
+            elif isinstance(effect, clone.MembersChanged):
+                if effect.members:
+                    self._members[effect.room] = effect.members
+                else:
+                    self._members.pop(effect.room, None)
+                self._members_changed(effect.room)
+            elif isinstance(effect, clone.Subscribe):
+                if self._sub is not None:
+                    self._sub.setsockopt(zmq.SUBSCRIBE, p.room_topic(effect.room))
+            elif isinstance(effect, clone.Unsubscribe):
+                if self._sub is not None:
+                    self._sub.setsockopt(zmq.UNSUBSCRIBE, p.room_topic(effect.room))
+            elif isinstance(effect, clone.FetchHistory):
+                todo.extendleft(reversed(self._fetch(effect)))
+            elif isinstance(effect, clone.Reconnect):
+                self._reconnect()
+
+    def _fetch(self, fetch: clone.FetchHistory) -> list[clone.Effect]:
+        try:
+            events = self.history(fetch.room, fetch.after_seq, fetch.limit)
+        except (BrokerUnavailable, RequestRefused) as exc:
+            if not self._clone.closing:
+                log.warning(
+                    "could not fill the gap in %s after seq %d: %s", fetch.room, fetch.after_seq,
+                    exc,
+                )
+            return self._clone.history_failed(fetch.fetch_id, str(exc))
+        return self._clone.history_received(fetch.fetch_id, events)
+
+    def _members_changed(self, room: str) -> None:
+        for listener in list(self.member_listeners):
+            try:
+                listener(room)
+            except Exception:
+                log.exception("a member listener failed for %s", room)
 
     # loops ------------------------------------------------------------------------------------
 
@@ -372,74 +377,19 @@ class Session:
                 log.warning("bad event from the broker: %s", exc.reason)
                 continue
             if isinstance(message, p.Heartbeat):
-                self._last_heartbeat = time.monotonic()
-                if self.welcome is not None and message.epoch != self.welcome.epoch:
-                    self._recover("broker-restarted", "the broker restarted; rejoining")
-                else:
-                    self._sync_new_rooms()
+                self._last_heartbeat_s = self.clock.monotonic_s()
+                self._run(self._clone.heartbeat(message.epoch))
             elif isinstance(message, p.RoomEvent):
-                self._on_room_event(message)
+                self._run(self._clone.event(message))
             else:  # a feature's published message (a game's state for spectators)
                 self.events.put(message)
-
-    def _on_room_event(self, event: p.RoomEvent) -> None:
-        cursor = self._rooms.get(event.room)
-        if cursor is None:
-            return
-        if cursor.last_seq is None:  # JOINED not yet here: hold it
-            cursor.pending.append(event)
-            return
-        if event.seq <= cursor.last_seq:
-            return  # already delivered (or in history)
-        if event.seq > cursor.last_seq + 1:
-            self._fill_gap(event.room, cursor, event.seq)
-            if event.seq <= (cursor.last_seq or 0):
-                return
-        cursor.last_seq = event.seq
-        self._deliver(event)
-
-    def _sync_new_rooms(self) -> None:
-        """Catch up rooms joined since the last heartbeat.
-
-        A SUB subscription takes effect at the broker some time after ``setsockopt``, and
-        nothing tells the subscriber when (the "slow joiner" of the ZeroMQ Guide, chapter 5).
-        An event published in that window would otherwise wait for the next event to be
-        noticed as a gap; here it is fetched at the first heartbeat after JOINED instead.
-        """
-        if self._closing:
-            return
-        for room, cursor in list(self._rooms.items()):
-            if cursor.needs_sync and cursor.last_seq is not None:
-                cursor.needs_sync = False
-                self._fill_gap(room, cursor, 2**62)
-
-    def _fill_gap(self, room: str, cursor: _RoomCursor, upto_seq: int) -> None:
-        """Deliver ``room``'s stored events between ``cursor.last_seq`` and ``upto_seq``
-        (exclusive), asking HISTORY as often as one reply of MAX_HISTORY events needs."""
-        assert cursor.last_seq is not None
-        while cursor.last_seq < upto_seq - 1:
-            start = cursor.last_seq
-            try:
-                missing = self.history(room, start, min(MAX_HISTORY, upto_seq - start - 1))
-            except (BrokerUnavailable, RequestRefused) as exc:
-                if self._closing:
-                    return
-                log.warning("could not fill the gap in %s after seq %d: %s", room, start, exc)
-                self.events.put(Notice("gap", f"#{room}: some events could not be fetched ({exc})"))
-                return
-            for event in missing:
-                if cursor.last_seq < event.seq < upto_seq:
-                    cursor.last_seq = event.seq
-                    self._deliver(event)
-            if len(missing) < MAX_HISTORY or cursor.last_seq == start:
-                return  # the store has no more (or gave nothing new)
 
     def _heartbeat_loop(self) -> None:
         while True:
             interval_s = self.heartbeat_interval_s
             gevent.sleep(interval_s)
             liveness = self.welcome.limits.get("heartbeat_liveness", 5) if self.welcome else 5
-            silent_s = time.monotonic() - self._last_heartbeat
+            silent_s = self.clock.monotonic_s() - self._last_heartbeat_s
             try:
                 self.request(p.Ping, timeout_s=interval_s * liveness)
             except BrokerUnavailable:
@@ -453,43 +403,28 @@ class Session:
                 self._recover("broker-lost", "no heartbeat from the broker; rejoining")
 
     def _recover(self, kind: str, text: str) -> None:
-        """Say HELLO again and rejoin every room, filling what was missed from history."""
-        if self._recovering or self._lost:
-            return
-        self.events.put(Notice(kind, text))
-        if not self.reconnect or self._closed:
-            self._lost = True  # said once; a session that does not reconnect stays lost
-            return
-        self._recovering = True
-        try:
-            self._reconnect()
-        finally:
-            self._recovering = False
+        """Tell the machine the broker is lost; carry out its notice and its reconnect."""
+        self._run(self._clone.lost(kind, text))
 
     def _reconnect(self) -> None:
-        while not self._closed:
+        """Say HELLO again and rejoin every room, filling what was missed from history
+        (docs/protocol.md 3.8, "Recovery"; the machine's ``Reconnect`` effect)."""
+        while self._clone.state is not LinkState.CLOSED:
             try:
                 self._hello()
-                for room, cursor in list(self._rooms.items()):
-                    if cursor.last_seq is None:
-                        continue  # its JOIN is still waiting for JOINED: that one will do
+                for room in self._clone.rejoin_rooms():
+                    if not self._clone.is_joined(room):
+                        continue  # left while an earlier room was rejoined
+                    self._run(self._clone.rejoin_started(room))
                     try:
                         joined = self.request(p.Join, room=room, history=0)
                     except RequestRefused as exc:
-                        self._forget(room)
-                        self.events.put(Notice("left", f"#{room}: could not rejoin ({exc})"))
+                        self._run(self._clone.rejoin_refused(room, str(exc)))
                         continue
                     assert isinstance(joined, p.Joined)
-                    self._set_members(room, joined.members)
-                    if joined.last_seq < cursor.last_seq:
-                        # the broker came back without this room's history: start over
-                        cursor.last_seq = max(0, joined.last_seq - 1)
-                        self.events.put(
-                            Notice("history-lost", f"#{room}: the broker lost earlier history")
-                        )
-                    self._fill_gap(room, cursor, 2**62)
-                self._last_heartbeat = time.monotonic()
-                self.events.put(Notice("reconnected", "reconnected to the broker"))
+                    self._run(self._clone.rejoined(room, joined))
+                self._last_heartbeat_s = self.clock.monotonic_s()
+                self._run(self._clone.recovered())
                 return
             except (BrokerUnavailable, RequestRefused) as exc:
                 log.info("reconnect failed: %s", exc)
