@@ -27,7 +27,7 @@ import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def default_codec() -> str:
     return "opus" if opus_available() else "pcm"
 
 
-def _opus_context(mode: str) -> Any:
+def _opus_context(mode: Literal["r", "w"]) -> Any:
     """A PyAV libopus codec context for 48 kHz mono s16, ``mode`` "w" (encode) or "r"
     (decode). Raises :class:`DeviceError` without PyAV."""
     if not opus_available():

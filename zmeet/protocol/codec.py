@@ -117,7 +117,7 @@ def _spec(cls: type[m.Message]) -> tuple[_Field, ...]:
             kind = "list:" + item.__name__
         elif origin is dict:
             kind = "map:" + typing.get_args(hint)[1].__name__
-        elif dataclasses.is_dataclass(hint):
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kind = "rec:" + hint.__name__
         else:
             kind = hint.__name__
