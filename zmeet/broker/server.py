@@ -55,7 +55,7 @@ from ..protocol.limits import (
 )
 from ..protocol.messages import MEDIA_KINDS, MediaFrame
 from ..zmqio import recv_rest, send_parts
-from .service import DEFAULT_SERVICES, TICK_INTERVAL_S, Service, ServiceFactory
+from .service import DEFAULT_SERVICES, TICK_INTERVAL_S, Deferred, Service, ServiceFactory
 from .store import Store
 
 try:
@@ -162,7 +162,8 @@ class ClientSession:
     nick: str
     media_token: bytes
     last_seen: float
-    replies: OrderedDict[int, list[bytes]] = field(default_factory=OrderedDict)
+    replies: OrderedDict[int, list[bytes] | Deferred] = field(default_factory=OrderedDict)
+    """Per ``req_id``, the reply frames sent (or the :class:`Deferred` still pending)."""
     media_demand: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per room, the kinds of this client's media last told wanted (MEDIA-DEMAND)."""
 
@@ -196,6 +197,7 @@ class Broker:
         self._batching = False
         self._pending_events: list[p.RoomEvent] = []
         self._pending_out: list[tuple[bytes, list[bytes], bool, int]] = []
+        self._deferred_in_batch: list[Deferred] = []
         self._stopped = gevent.event.Event()
         self.store: Store | None = None
         self.rooms: Rooms | None = None
@@ -338,6 +340,7 @@ class Broker:
         send the replies held back meanwhile (docs/architecture.md, "Group commit")."""
         events, self._pending_events = self._pending_events, []
         out, self._pending_out = self._pending_out, []
+        deferred_batch, self._deferred_in_batch = self._deferred_in_batch, []
         stored = True
         if events:
             assert self.store is not None
@@ -346,6 +349,8 @@ class Broker:
             except Exception:
                 log.exception("could not store %d events: not published", len(events))
                 stored = False
+                for deferred in deferred_batch:
+                    deferred.store_failed = True
             else:
                 for event in events:
                     send_parts(self._events_raw, p.encode_published(event))
@@ -386,7 +391,8 @@ class Broker:
             session.last_seen = time.monotonic()
             cached = session.replies.get(request.req_id)
             if cached is not None and not isinstance(request, p.Ping):
-                self._pending_out.append((routing_id, cached, False, request.req_id))
+                if not isinstance(cached, Deferred):  # a pending reply: nothing more to send
+                    self._pending_out.append((routing_id, cached, False, request.req_id))
                 return
         events_before = len(self._pending_events)
         try:
@@ -400,12 +406,14 @@ class Broker:
                 req_id=request.req_id, code=p.ErrorCode.INTERNAL_ERROR, reason="internal error"
             )
         made_events = len(self._pending_events) > events_before
+        if isinstance(reply, Deferred):  # in the reply cache already (defer), sent later
+            if made_events:
+                self._deferred_in_batch.append(reply)
+            return
         frames_out = self._reply(routing_id, reply, needs_store=made_events)
         session = self.sessions.get(routing_id)
         if session is not None and not isinstance(request, p.Ping):
-            session.replies[request.req_id] = frames_out
-            if len(session.replies) > REPLY_CACHE_SIZE:
-                session.replies.popitem(last=False)
+            _remember(session, request.req_id, frames_out)
 
     def _reply(self, routing_id: bytes, reply: p.Reply, needs_store: bool = False) -> list[bytes]:
         frames = p.encode(reply)
@@ -414,9 +422,42 @@ class Broker:
             self._flush()
         return frames
 
+    def defer(self, session: ClientSession, request: p.Request) -> Deferred:
+        """A pending reply to ``request`` of ``session``, for a handler to return when its
+        answer comes later (from another greenlet: :meth:`Deferred.reply`, :meth:`Deferred.refuse`).
+
+        It takes ``request.req_id``'s place in the session's reply cache at once: a retry while
+        it is pending gets nothing. A handler that defers must return the Deferred (a reply it
+        returns or an error it raises instead wins, and the Deferred's reply is dropped).
+        """
+        deferred = Deferred(session, request, self._send_deferred)
+        _remember(session, request.req_id, deferred)
+        return deferred
+
+    def _send_deferred(self, deferred: Deferred, reply: p.Reply) -> None:
+        """Send a deferred reply on the path of any reply: into the reply cache, after the
+        events made before it are stored and published; dropped if its session has ended."""
+        session = deferred.session
+        routing_id = session.routing_id
+        if self._stopping or self.sessions.get(routing_id) is not session:
+            log.debug("dropped the deferred reply to %s: session ended", session.nick)
+            return
+        cached = session.replies.get(deferred.req_id)
+        if cached is not None and cached is not deferred:
+            return  # the handler answered otherwise
+        if deferred.store_failed:
+            reply = p.Error(req_id=deferred.req_id, code=p.ErrorCode.INTERNAL_ERROR,
+                            reason="the broker could not store this")
+            session.replies.pop(deferred.req_id, None)
+            self._reply(routing_id, reply)
+            return
+        in_batch = self._batching and gevent.getcurrent() is self._control_greenlet
+        frames = self._reply(routing_id, reply, needs_store=in_batch and bool(self._pending_events))
+        _remember(session, deferred.req_id, frames)
+
     def _dispatch(
         self, routing_id: bytes, session: ClientSession | None, req: p.Request
-    ) -> p.Reply:
+    ) -> p.Reply | Deferred:
         if isinstance(req, p.Hello):
             return self._hello(routing_id, session, req)
         if session is None:
@@ -764,6 +805,14 @@ class Broker:
         if session.media_demand.get(room) != kinds:
             session.media_demand[room] = kinds
             self.send_direct(session, p.MediaDemand(room=room, kinds=kinds))
+
+
+def _remember(session: ClientSession, req_id: int, reply: list[bytes] | Deferred) -> None:
+    """Put ``reply`` (frames, or a pending Deferred) in ``session``'s reply cache under
+    ``req_id``, forgetting the oldest past REPLY_CACHE_SIZE."""
+    session.replies[req_id] = reply
+    if len(session.replies) > REPLY_CACHE_SIZE:
+        session.replies.popitem(last=False)
 
 
 def _recv_media_rest(sock: zmq.Socket, token: bytes) -> list:

@@ -4,6 +4,10 @@ A service gets requests of its own message classes, may send one client a
 :class:`~zmeet.protocol.Direct` message or publish on the events lane, hears when a session
 ends, and is ticked on a timer for its time-outs. It runs on the hub with the broker: it must
 not block (DESIGN.md, "Rules of the gevent hub"); slow work goes to gevent's threadpool.
+
+A handler never waits: ``handler(session, request) -> p.Reply | Deferred``. One whose answer
+needs slow work (a thread, a greenlet) returns ``broker.defer(session, request)`` and replies
+later, from any greenlet, with :meth:`Deferred.reply` or :meth:`Deferred.refuse`.
 """
 
 from __future__ import annotations
@@ -11,11 +15,80 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import protocol as p
+from ..errors import LocalProtocolError
+
 if TYPE_CHECKING:
     from .server import Broker, ClientSession
 
 TICK_INTERVAL_S = 0.1
 """How often :meth:`Service.tick` runs."""
+
+
+class Deferred:
+    """The pending reply to one request, made by :meth:`Broker.defer` and returned by a
+    handler instead of a reply.
+
+    Later, from any greenlet, :meth:`reply` (a :class:`~zmeet.protocol.Reply` with the
+    request's ``req_id``) or :meth:`refuse` (``ERROR(code, reason)``) sends it, once. The reply
+    takes the path of any reply: the session's reply cache (a retry of ``req_id`` while it is
+    pending gets nothing; after, this reply), after the room events made before it are stored
+    and published. If the session ended meanwhile (BYE, heartbeats, a new nick) or the broker
+    stopped, the reply is dropped.
+    """
+
+    __slots__ = ("_done", "_send", "request", "session", "store_failed")
+
+    def __init__(
+        self, session: ClientSession, request: p.Request,
+        send: Callable[[Deferred, p.Reply], None],
+    ) -> None:
+        self.session = session
+        """The session that asked."""
+        self.request = request
+        """The request this answers."""
+        self._send = send
+        self._done = False
+        self.store_failed = False
+        """Set by the broker when the events the handler made could not be stored: the reply,
+        whatever it is, goes out as ERROR 500."""
+
+    @property
+    def req_id(self) -> int:
+        """The ``req_id`` of the request, which the reply carries."""
+        return self.request.req_id
+
+    @property
+    def done(self) -> bool:
+        """Whether :meth:`reply` or :meth:`refuse` was called (the reply was sent or dropped)."""
+        return self._done
+
+    def reply(self, message: p.Reply) -> None:
+        """Send ``message`` as the reply. Raises :class:`~zmeet.errors.LocalProtocolError` if
+        this was answered already or ``message.req_id`` is not the request's."""
+        if self._done:
+            raise LocalProtocolError(
+                f"the reply to {self.request.COMMAND.decode()} #{self.req_id} was sent already")
+        if message.req_id != self.req_id:
+            raise LocalProtocolError(
+                f"reply req_id {message.req_id} does not answer request #{self.req_id}")
+        self._done = True
+        self._send(self, message)
+
+    def refuse(self, code: int, reason: str) -> None:
+        """Send ``ERROR(code, reason)`` as the reply (docs/protocol.md, "Errors"). Raises
+        :class:`~zmeet.errors.LocalProtocolError` if this was answered already."""
+        self.reply(p.Error(req_id=self.req_id, code=int(code), reason=reason))
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "pending"
+        return (f"<Deferred {self.request.COMMAND.decode()} #{self.req_id} of "
+                f"{self.session.nick} {state}>")
+
+
+Handler = Callable[["ClientSession", Any], "p.Reply | Deferred"]
+"""``handler(session, request) -> reply or Deferred``; raises ``Refused(code, reason)`` to
+answer ERROR."""
 
 
 class Service:
@@ -26,8 +99,8 @@ class Service:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def handlers(self) -> dict[type, Callable[[ClientSession, Any], Any]]:
-        """Request class -> ``handler(session, request) -> reply``. A handler raises
+    def handlers(self) -> dict[type, Handler]:
+        """Request class -> ``handler(session, request) -> reply | Deferred``. A handler raises
         :class:`zmeet.chat.ChatError` (code, reason) to answer ERROR."""
         return {}
 
