@@ -107,6 +107,10 @@ class FileSink:
         self._stopped = False
         self._idle = gevent.event.Event()
         self._idle.set()
+        self._drained = gevent.event.Event()
+        self._drained.set()
+        self._room = gevent.event.Event()
+        self._room.set()
 
     # state ----------------------------------------------------------------------------------
 
@@ -137,24 +141,20 @@ class FileSink:
     # file -----------------------------------------------------------------------------------
 
     def open(self) -> int:
-        """Open the file (made if missing) unless it is open; returns its length in octets,
-        which becomes :attr:`written` and :attr:`queued` (a hash past it is started over).
-        Raises OSError if it cannot be opened."""
+        """Open the file (made if missing) unless it is open; returns its length in octets
+        (call :meth:`truncate` to say where writing goes on). Raises OSError if it cannot be
+        opened."""
         if self.fd is None:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
         self._close_wanted = False
-        if self.idle:
-            length = os.fstat(self.fd).st_size
-            self.written = self.queued = length
-            if self.hashed > length:
-                self.reset_hash()
-        return self.written
+        return os.fstat(self.fd).st_size
 
     def truncate(self, length: int) -> None:
-        """Cut the file to ``length`` octets (the sink must be :attr:`idle` and open); a hash
-        past it is started over and a write error forgotten. Raises OSError, ValueError."""
-        if not self.idle or self.fd is None:
-            raise ValueError("truncate an open sink that is idle")
+        """Cut the file to ``length`` octets and go on writing there (the sink must be open and
+        not :attr:`writing`); a hash past it is started over, a write error forgotten. Raises
+        OSError, ValueError."""
+        if self.writing or self.fd is None or (self.catching_up and length < self.hashed):
+            raise ValueError("truncate an open sink that is not writing")
         os.ftruncate(self.fd, length)
         self.written = self.queued = length
         self.error = None
@@ -181,6 +181,20 @@ class FileSink:
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait (green) until :attr:`idle`; False if ``timeout_s`` passed first."""
         return bool(self._idle.wait(timeout_s))
+
+    def wait_room(self, timeout_s: float | None = None) -> bool:
+        """Wait (green) until :meth:`put` has room for a chunk; False if ``timeout_s`` passed
+        first."""
+        while self.full:
+            self._room.clear()
+            if not self._room.wait(timeout_s):
+                return False
+        return True
+
+    def wait_drained(self, timeout_s: float | None = None) -> bool:
+        """Wait (green) until every queued chunk is written (a catch-up may go on); False if
+        ``timeout_s`` passed first."""
+        return bool(self._drained.wait(timeout_s))
 
     def _close_fd(self) -> None:
         if self.fd is not None:
@@ -210,6 +224,7 @@ class FileSink:
         self.queued += len(data)
         if self._writer is None:
             self._idle.clear()
+            self._drained.clear()
             self._writer = gevent.spawn(self._write_queue)
 
     def catch_up(self) -> None:
@@ -224,6 +239,7 @@ class FileSink:
             while self._pending and self.error is None and self.fd is not None:
                 batch = [self._pending.popleft()
                          for _ in range(min(self.batch_chunks, len(self._pending)))]
+                self._room.set()
                 first = batch[0][0]
                 end = batch[-1][0] + len(batch[-1][1])
                 inline = self.hashed == first and self._catcher is None
@@ -257,6 +273,8 @@ class FileSink:
             self._writer = None
             if self._close_wanted:
                 self._close_fd()
+            self._drained.set()
+            self._room.set()
             if self.idle:
                 self._idle.set()
 
