@@ -579,3 +579,60 @@ def test_raw_body_with_wrong_types_is_refused(raw_dealer, roundtrip):
                           "room": "share"})
     reply = roundtrip(dealer, [HEADER, b"FILE-PUT", body])
     assert isinstance(reply, p.Error) and reply.code == 400 and reply.req_id == 2
+
+
+# --- the control loop never waits for a file ------------------------------------------------------
+
+
+RESUMED_PARTIAL_BYTES = 1024 * MiB
+"""A partial big enough that hashing it (at about 2 GB/s with SHA extensions) takes far longer
+than the few round trips between FILE-PUT and FILE-DONE."""
+
+
+def _files_service(broker) -> FilesService:
+    (files,) = [s for s in broker.services if isinstance(s, FilesService)]
+    return files
+
+
+def test_chat_is_answered_while_a_resumed_uploads_final_hash_runs(make_broker, connect,
+                                                                  raw_dealer, roundtrip, recv,
+                                                                  tmp_path):
+    # a partial upload found on disk (as after a broker restart): 1 GiB of zeros, sparse, that
+    # the broker must hash before it can answer FILE-DONE; the last 1000 octets still to send
+    tail = os.urandom(1000)
+    hasher = hashlib.sha256()
+    zeros = bytes(8 * MiB)
+    for _ in range(RESUMED_PARTIAL_BYTES // len(zeros)):
+        hasher.update(zeros)
+    hasher.update(tail)
+    sha = hasher.hexdigest()
+    size = RESUMED_PARTIAL_BYTES + len(tail)
+    partials = tmp_path / "broker-data" / "blobs" / "partial"
+    partials.mkdir(parents=True)
+    with open(partials / sha, "wb") as f:
+        f.truncate(RESUMED_PARTIAL_BYTES)
+    broker = make_broker()
+    files = _files_service(broker)
+    bob = connect("bob", broker, timeout_s=60)
+    bob.join("share")
+    alice = raw_dealer(broker.endpoints["control"])
+    ask = asker(roundtrip, alice)
+    ask(p.Hello, nick="alice")
+    ask(p.Join, room="share")
+    ready = ask(pf.FilePut, room="share", name="disk.img", size=size, sha256=sha)
+    assert isinstance(ready, pf.FileReady) and ready.offset == RESUMED_PARTIAL_BYTES
+    ack = ask(pf.FileData, upload=ready.upload, offset=ready.offset, data=tail)
+    assert isinstance(ack, pf.FileAck) and ack.received == size
+    alice.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+    posted = bob.say("share", "still talking")  # sent while the broker hashes the partial
+    assert isinstance(posted, p.Posted)
+    assert alice.poll(0) == 0, "FILE-DONE was answered before the chat message"
+    upload = files.uploads[ready.upload]
+    assert upload.sink is not None and upload.sink.hashed < size  # the hash goes on
+    assert upload.machine.state.value == "finishing"
+    shared = recv(alice, timeout_s=50)
+    assert isinstance(shared, pf.FileShared) and shared.req_id == 999
+    assert shared.file.sha256 == sha and shared.file.size == size
+    blob = files.blob_path(sha)
+    assert blob.stat().st_size == size
+    blob.unlink()
