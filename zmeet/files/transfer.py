@@ -87,7 +87,8 @@ class Write:
 
 @dataclass(frozen=True)
 class CatchUp:
-    """Hash from the disk what the file has beyond the hash (a resumed transfer)."""
+    """Hash from the disk what the file has beyond the hash (a resumed transfer), unless a
+    catch-up runs or the hash is level with the disk (it may come more than once)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class Upload:
             return self._release_acks() + self._finish()
         if isinstance(event, Hashed):
             self.hashed = max(self.hashed, event.end)
-            return self._finish()
+            return self._finish(catch_up=False)
         if isinstance(event, WriteFailed):
             return self._fail(ErrorCode.INTERNAL_ERROR,
                               f"the broker could not store the file: {event.reason}")
@@ -272,9 +273,10 @@ class Upload:
         self._done = ev.token
         return self._finish()
 
-    def _finish(self) -> list[Any]:
+    def _finish(self, *, catch_up: bool = True) -> list[Any]:
         """FINISHING: once everything is written, refuse an incomplete upload, else catch the
-        hash up and ask to verify once it reaches the end."""
+        hash up (``catch_up``: once all is written, and again after each write) and ask to
+        verify once it reaches the end."""
         if self.state is not UploadState.FINISHING or self.written < self.accepted:
             return []
         if self.written < self.size:
@@ -283,7 +285,7 @@ class Upload:
             return [Refuse(token, ErrorCode.BAD_REQUEST,
                            f"{self.written} of {self.size} octets received: send the rest first")]
         if self.hashed < self.size:
-            return [CatchUp()]
+            return [CatchUp()] if catch_up else []
         return [Verify()]
 
     def _verified(self, ev: Verified) -> list[Any]:
@@ -568,7 +570,7 @@ class Download:
             if download == self.stream and self.state is DownloadState.RECEIVING:
                 self._spent += 1
         self.written = max(self.written, ev.end)
-        if (self._spent >= self.batch and self.size is not None and self.offset < self.size
+        if (self._spent >= self.batch and self.size is not None and self.written < self.size
                 and self.state is DownloadState.RECEIVING):
             out.append(GiveCredit(self.stream, self._spent))
             self._spent = 0
