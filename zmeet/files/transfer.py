@@ -383,7 +383,9 @@ class ChunkReceived:
 
 @dataclass(frozen=True)
 class Stalled:
-    """No chunk came for the driver's chunk time-out."""
+    """No chunk came for the driver's chunk time-out: ``reason`` for people."""
+
+    reason: str = "the broker stopped sending"
 
 
 @dataclass(frozen=True)
@@ -500,7 +502,7 @@ class Download:
         if isinstance(event, Stalled):
             if self.state is not DownloadState.RECEIVING:
                 return []
-            return self._again("the broker stopped sending")
+            return self._again(event.reason)
         if isinstance(event, Aborted):
             if self.state is not DownloadState.RECEIVING or event.download != self.stream:
                 return []
