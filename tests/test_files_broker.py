@@ -636,3 +636,34 @@ def test_chat_is_answered_while_a_resumed_uploads_final_hash_runs(make_broker, c
     blob = files.blob_path(sha)
     assert blob.stat().st_size == size
     blob.unlink()
+
+
+def test_a_put_right_after_chunks_still_being_written_gets_ready_once_they_are(broker,
+                                                                             raw_dealer, recv,
+                                                                             tmp_path):
+    """FILE-DATA x8, FILE-CANCEL and FILE-PUT again, sent at once: the FILE-PUT arrives while
+    the chunks are being written and is answered (FILE-READY from all 8 MiB) when they are."""
+    data = os.urandom(8 * MiB + 1)
+    sha = hashlib.sha256(data).hexdigest()
+    dealer = raw_dealer()
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask(p.Hello, nick="quick")
+    ask(p.Join, room="share")
+    put = {"room": "share", "name": "q.bin", "size": len(data), "sha256": sha}
+    ready = ask(pf.FilePut, **put)
+    assert isinstance(ready, pf.FileReady) and ready.offset == 0
+    step = ready.chunk_bytes
+    messages = [pf.FileData(req_id=100 + i, upload=ready.upload, offset=i * step,
+                            data=data[i * step:(i + 1) * step]) for i in range(8)]
+    messages += [pf.FileCancel(req_id=200, id=ready.upload), pf.FilePut(req_id=201, **put)]
+    for message in messages:
+        dealer.send_multipart(p.encode(message))
+    replies = [recv(dealer, timeout_s=WAIT_S) for _ in messages]
+    assert [type(r) for r in replies] == [pf.FileAck] * 8 + [p.Ok, pf.FileReady]
+    assert [r.received for r in replies[:8]] == [(i + 1) * step for i in range(8)]
+    again = replies[-1]
+    assert again.offset == 8 * step and again.upload != ready.upload
+    last = ask(pf.FileData, upload=again.upload, offset=8 * step, data=data[8 * step:])
+    assert isinstance(last, pf.FileAck) and last.received == len(data)
+    shared = ask(pf.FileDone, upload=again.upload)
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha

@@ -24,8 +24,10 @@ def test_chunks_are_written_in_order_and_hashed_as_they_go(tmp_path: Path):
     data = os.urandom(300_000)
     written: list[int] = []
     hashed: list[int] = []
+    drained: list[int] = []
     sink = FileSink(tmp_path / "part", max_chunks=4, batch_chunks=2,
-                    on_written=written.append, on_hashed=hashed.append)
+                    on_written=written.append, on_hashed=hashed.append,
+                    on_drained=lambda: drained.append(sink.written))
     assert sink.open() == 0
     sink.truncate(0)
     for offset, chunk in chunks_of(data, 10_000):
@@ -35,6 +37,7 @@ def test_chunks_are_written_in_order_and_hashed_as_they_go(tmp_path: Path):
     assert (sink.queued, sink.written, sink.hashed) == (len(data),) * 3
     assert written == sorted(written) and written[-1] == len(data)
     assert hashed == written  # each batch hashed as it was written
+    assert drained and drained[-1] == len(data) and not sink.writing
     assert sink.hexdigest() == hashlib.sha256(data).hexdigest()
     sink.close()
     assert sink.fd is None

@@ -534,9 +534,10 @@ class FilesService(Service):
                         max_chunks=WRITE_QUEUE_CHUNKS + UPLOAD_WINDOW,
                         catch_up_bytes=CATCH_UP_BYTES)
         up = _Upload(sha256, size, sink, Upload(size, sha256))
-        sink.on_written = lambda end: self._on_written(up, end)
+        sink.on_written = lambda end: self._run(up, up.machine.handle(Written(end)))
         sink.on_hashed = lambda end: self._run(up, up.machine.handle(Hashed(end)))
         sink.on_error = lambda where, exc: self._on_sink_error(up, where, exc)
+        sink.on_drained = lambda: self._go_on_puts(up) if up.puts else None
         self._reopen(up)
         self._by_sha[sha256] = up
         return up
@@ -551,23 +552,16 @@ class FilesService(Service):
         try:
             have = sink.open()
             sink.truncate(0 if have > up.size or have < sink.written else have)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: cut short under a running catch-up
             log.error("cannot open %s: %s", sink.path, exc)
             raise ChatError(p.ErrorCode.INTERNAL_ERROR,
                             "the broker cannot store files now") from None
         sink.catch_up()
 
-    def _on_written(self, up: _Upload, end: int) -> None:
-        self._run(up, up.machine.handle(Written(end)))
-        if up.puts and up.sink is not None and not up.sink.writing:
-            gevent.spawn(self._go_on_puts, up)  # once this writer greenlet has ended
-
     def _on_sink_error(self, up: _Upload, where: str, exc: OSError) -> None:
         reason = str(exc.strerror or exc)
         event = WriteFailed(reason) if where == "write" else HashFailed(reason)
         self._run(up, up.machine.handle(event))
-        if up.puts:
-            gevent.spawn(self._go_on_puts, up)
 
     def _upload_of(self, session: ClientSession, upload_id: str) -> _Upload:
         up = self.uploads.get(upload_id)

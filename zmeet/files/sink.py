@@ -12,7 +12,9 @@ chunks per threadpool job. Octets already in the file but not hashed (a resumed 
 partial) are hashed from the disk by a catch-up greenlet, ``catch_up_bytes`` per job, while new
 chunks go on being written; chunks are hashed as they are written only once the hash has caught
 up with them. Callbacks (on the hub, from the sink's greenlets) say how far it got:
-``on_written(end)``, ``on_hashed(end)`` and ``on_error(where, exc)``.
+``on_written(end)``, ``on_hashed(end)``, ``on_error(where, exc)`` (``where`` is ``write`` or
+``hash``) and ``on_drained()`` (the writer greenlet has ended: every queued chunk is written,
+or a write failed).
 
 This module only drives I/O; what the octets mean is the business of the sans-IO machines in
 :mod:`zmeet.files.transfer`.
@@ -42,6 +44,7 @@ BATCH_CHUNKS = 8
 """Most queued chunks written (and hashed) in one threadpool job."""
 
 WrittenCallback = Callable[[int], None]
+DrainedCallback = Callable[[], None]
 ErrorCallback = Callable[[str, OSError], None]
 
 
@@ -83,6 +86,7 @@ class FileSink:
         on_written: WrittenCallback | None = None,
         on_hashed: WrittenCallback | None = None,
         on_error: ErrorCallback | None = None,
+        on_drained: DrainedCallback | None = None,
     ) -> None:
         if max_chunks < 1:
             raise ValueError(f"max_chunks must be at least 1, got {max_chunks}")
@@ -98,6 +102,7 @@ class FileSink:
         self.on_written = on_written
         self.on_hashed = on_hashed
         self.on_error = on_error
+        self.on_drained = on_drained
         self.error: OSError | None = None
         self.fd: int | None = None
         self._pending: deque[tuple[int, Any]] = deque()
@@ -277,6 +282,8 @@ class FileSink:
             self._room.set()
             if self.idle:
                 self._idle.set()
+            if self.on_drained is not None:
+                self.on_drained()
 
     def _catch_up(self) -> None:
         try:
