@@ -27,8 +27,6 @@ import gevent.event
 import gevent.queue
 import gevent.socket
 
-from zmeet.broker.games import GamesService
-from zmeet.broker.service import DEFAULT_SERVICES
 from zmeet.client import Notice, Session
 from zmeet.errors import RequestRefused, ZmeetError
 from zmeet.games import BOT_NAME, GAMES, REASONS, ArenaSettings
@@ -909,12 +907,7 @@ def _extend_broker_command() -> None:
                             reconnect_window_s: float = 60.0, **kwargs):
         settings = ArenaSettings(challenge_expiry_s=challenge_expiry_s,
                                  reconnect_window_s=reconnect_window_s)
-        DEFAULT_SERVICES[:] = [
-            functools.partial(GamesService, settings=settings)
-            if factory is GamesService or getattr(factory, "func", None) is GamesService
-            else factory
-            for factory in DEFAULT_SERVICES
-        ]
+        click.get_current_context().meta["zmeet.arena_settings"] = settings  # cli/main.broker
         return callback(*args, **kwargs)
 
     command.callback = with_games_settings

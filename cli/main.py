@@ -20,7 +20,7 @@ import gevent.socket
 import zmq.green as zmq_green
 
 from zmeet import __version__
-from zmeet.broker import Broker, BrokerConfig, default_data_dir
+from zmeet.broker import Broker, BrokerConfig, default_data_dir, default_services
 from zmeet.client import Notice, Session
 from zmeet.errors import ZmeetError
 from zmeet.protocol import RoomEvent
@@ -144,6 +144,7 @@ def broker(ctx, control, events, media_in, media_out, data_dir, history, heartbe
         data_dir=data_dir or default_data_dir(), history=history,
         heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
         media_forwarder=media_forwarder,
+        services=default_services(ctx.meta.get("zmeet.arena_settings")),
     )
     try:
         config.endpoints()

@@ -8,6 +8,7 @@ reply or an event, under a bounded timeout.
 from __future__ import annotations
 
 import gevent
+import gevent.event
 import gevent.queue
 import pytest
 import zmq
@@ -129,7 +130,7 @@ def test_events_made_before_a_deferred_reply_are_stored_first(
     def work_then_reply():
         # as a service's own greenlet would: post a room event, then answer
         event = broker.rooms.post("lobby", "chat", "alice", "made by the deferred work")
-        broker._publish_events([event])
+        broker.publish_events([event])
         deferred.reply(pg.GameList(req_id=3, games=()))
         return event
 
@@ -169,3 +170,47 @@ def test_deferred_replies_from_other_greenlets_never_stall_the_control_loop(
         got = {recv(dealer, 5).req_id, recv(dealer, 5).req_id}
         assert got == {req_id, req_id + 1}
     assert dealer.poll(0, zmq.POLLIN) == 0
+
+
+class ParkingService(Service):
+    """A handler that waits (what no handler may do): it holds the control loop in its batch
+    until the test releases it, to show that other greenlets' sends do not wait for it."""
+
+    name = "parking"
+
+    def __init__(self, broker) -> None:
+        super().__init__(broker)
+        self.parked = gevent.event.Event()
+        self.release = gevent.event.Event()
+
+    def handlers(self):
+        return {pg.ListGames: self._park}
+
+    def _park(self, session, request):
+        self.parked.set()
+        self.release.wait(5)
+        return pg.GameList(req_id=request.req_id, games=())
+
+
+def test_other_greenlets_sends_are_never_held_by_the_control_loops_batch(
+    make_broker, connect, raw_dealer, roundtrip, recv, wait_for, chat
+):
+    broker = make_broker(services=[ParkingService])
+    (service,) = [s for s in broker.services if isinstance(s, ParkingService)]
+    bob = connect("bob", broker)
+    bob.join("lobby")
+    carol = raw_dealer(broker.endpoints["control"])
+    hello(carol, roundtrip, "carol")
+    alice = raw_dealer(broker.endpoints["control"])
+    hello(alice, roundtrip, "alice")
+    alice.send_multipart(p.encode(pg.ListGames(req_id=5)))
+    assert service.parked.wait(5)  # the control greenlet is inside its batch now
+    try:
+        broker.publish_events([broker.rooms.post("lobby", "chat", "bob", "while parked")])
+        wait_for(bob, chat("while parked", "lobby"))
+        demand = p.MediaDemand(room="lobby", kinds=())
+        broker.send_direct(broker.session_of("carol"), demand)
+        assert recv(carol) == demand
+    finally:
+        service.release.set()
+    assert recv(alice) == pg.GameList(req_id=5, games=())

@@ -44,9 +44,9 @@ import gevent
 import gevent.event
 
 from .. import protocol as p
-from ..chat import ChatError
 from ..chat.rooms import check_nick, check_room
-from ..clock import SYSTEM_CLOCK, Clock
+from ..clock import Clock
+from ..errors import Refused
 from ..files.hashing import is_sha256, read_exact
 from ..files.progress import format_size
 from ..files.sink import FileSink
@@ -69,7 +69,7 @@ from ..files.transfer import (
     Written,
 )
 from ..protocol import files as pf
-from .service import DEFAULT_SERVICES, Deferred, Handler, Service
+from .service import Deferred, Handler, Service
 
 if TYPE_CHECKING:
     from .server import Broker, ClientSession
@@ -140,9 +140,9 @@ CREATE INDEX IF NOT EXISTS files_sender ON files (sender, ts_ms);
 _COLUMNS = "id, room, recipient, sender, name, size, sha256, ts_ms"
 
 
-def _not_found(reason: str) -> ChatError:
+def _not_found(reason: str) -> Refused:
     """ERROR 404 (``ErrorCode.NOT_FOUND``)."""
-    return ChatError(pf.NOT_FOUND, reason)
+    return Refused(pf.NOT_FOUND, reason)
 
 
 def _info(row: tuple) -> pf.FileInfo:
@@ -234,9 +234,9 @@ class _Answer:
 
     def settle(self, broker: Broker) -> p.Reply | Deferred:
         """What the handler returns: the reply given already, or a Deferred for later. Raises
-        ChatError for a refusal given already."""
+        Refused for a refusal given already."""
         if self.refusal is not None:
-            raise ChatError(p.ErrorCode(self.refusal[0]), self.refusal[1])
+            raise Refused(*self.refusal)
         if self.reply is not None:
             return self.reply
         self.deferred = broker.defer(self.session, self.request)
@@ -295,7 +295,7 @@ class FilesService(Service):
     def __init__(self, broker: Broker) -> None:
         super().__init__(broker)
         data_dir = Path(broker.config.data_dir)
-        self.clock: Clock = getattr(broker, "clock", SYSTEM_CLOCK)
+        self.clock: Clock = broker.clock
         self.max_file_size = int(getattr(broker.config, "max_file_size",
                                          pf.DEFAULT_MAX_FILE_SIZE))
         self.blobs = data_dir / "blobs"
@@ -418,7 +418,7 @@ class FilesService(Service):
     def _put(self, session: ClientSession, req: pf.FilePut) -> p.Reply | Deferred:
         self._check_put(session, req)
         if self._transfers_of(session) >= MAX_TRANSFERS_PER_SESSION:
-            raise ChatError(p.ErrorCode.TOO_MANY,
+            raise Refused(p.ErrorCode.TOO_MANY,
                             f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         up = self._by_sha.get(req.sha256)
         if up is not None and up.size != req.size:  # same hash, other size: one of them lies
@@ -428,7 +428,7 @@ class FilesService(Service):
             owner_alive = up.owner in self.broker.sessions
             idle_s = self.clock.monotonic_s() - up.last_active
             if owner_alive and idle_s < UPLOAD_TAKEOVER_IDLE_S:
-                raise ChatError(p.ErrorCode.TOO_MANY,
+                raise Refused(p.ErrorCode.TOO_MANY,
                                 "the same content is being uploaded by another client; "
                                 "try again shortly")
             log.info("upload of %s taken over by %s", req.sha256[:12], session.nick)
@@ -465,7 +465,7 @@ class FilesService(Service):
                 else:
                     self._reopen(current)
                 self._ready(answer, req, current)
-            except ChatError as exc:
+            except Refused as exc:
                 answer.refuse(exc.code, exc.reason)
 
     def _ready(self, answer: _Answer, req: pf.FilePut, up: _Upload) -> None:
@@ -489,11 +489,11 @@ class FilesService(Service):
 
     def _check_put(self, session: ClientSession, req: pf.FilePut) -> None:
         if not is_sha256(req.sha256):
-            raise ChatError(p.ErrorCode.INVALID_NAME, "sha256 must be 64 lower-case hex digits")
+            raise Refused(p.ErrorCode.INVALID_NAME, "sha256 must be 64 lower-case hex digits")
         if req.size < 0:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "size must be 0 or more")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "size must be 0 or more")
         if req.size > self.max_file_size:
-            raise ChatError(
+            raise Refused(
                 p.ErrorCode.MESSAGE_TOO_LARGE,
                 f"{req.name[:80]!r} is {format_size(req.size)}; this broker takes files up to "
                 f"{format_size(self.max_file_size)} (--max-file-size)",
@@ -501,20 +501,20 @@ class FilesService(Service):
         try:
             name_bytes = len(req.name.encode("utf-8"))
         except UnicodeEncodeError:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "name is not valid Unicode") from None
+            raise Refused(p.ErrorCode.BAD_REQUEST, "name is not valid Unicode") from None
         if not req.name.strip("/\\ ") or "\x00" in req.name:
-            raise ChatError(p.ErrorCode.INVALID_NAME, "a file needs a name (and no NUL in it)")
+            raise Refused(p.ErrorCode.INVALID_NAME, "a file needs a name (and no NUL in it)")
         if name_bytes > pf.MAX_FILE_NAME_BYTES:
-            raise ChatError(p.ErrorCode.MESSAGE_TOO_LARGE,
+            raise Refused(p.ErrorCode.MESSAGE_TOO_LARGE,
                             f"name is {name_bytes} bytes; the limit is {pf.MAX_FILE_NAME_BYTES}")
         if bool(req.room) == bool(req.to):
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "give a room or a nick to send to (one)")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "give a room or a nick to send to (one)")
         rooms = self.broker.rooms
         assert rooms is not None
         if req.room:
             check_room(req.room)
             if not rooms.is_member(req.room, session.nick):
-                raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
+                raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
         else:
             check_nick(req.to)
             if self.broker.session_of(req.to) is None:
@@ -545,7 +545,7 @@ class FilesService(Service):
     def _reopen(self, up: _Upload) -> None:
         """Open ``up``'s partial again and go on from its length (from 0 if it is longer than
         the upload, or shorter than what was written: not ours, or cut short under us); start
-        hashing what the hash has not had. Raises ChatError 500 if it cannot be opened."""
+        hashing what the hash has not had. Raises Refused 500 if it cannot be opened."""
         sink = up.sink
         if sink is None:
             return
@@ -554,7 +554,7 @@ class FilesService(Service):
             sink.truncate(0 if have > up.size or have < sink.written else have)
         except (OSError, ValueError) as exc:  # ValueError: cut short under a running catch-up
             log.error("cannot open %s: %s", sink.path, exc)
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR,
+            raise Refused(p.ErrorCode.INTERNAL_ERROR,
                             "the broker cannot store files now") from None
         sink.catch_up()
 
@@ -614,7 +614,7 @@ class FilesService(Service):
         rooms = self.broker.rooms
         assert rooms is not None
         if up.room and not rooms.is_member(up.room, session.nick):
-            raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {up.room!r} first")
+            raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {up.room!r} first")
         answer = _Answer(session, req)
         self._run(up, up.machine.handle(DoneAsked(answer)))
         return answer.settle(self.broker)
@@ -658,7 +658,7 @@ class FilesService(Service):
         room = rooms.room(info.room)
         text = json.dumps({"id": info.id, "name": info.name, "size": info.size,
                            "sha256": info.sha256}, ensure_ascii=False)
-        broker.post_event(room.name, pf.FILE_EVENT_TYPE, session.nick, text)
+        broker.publish_events([rooms.post(room.name, pf.FILE_EVENT_TYPE, session.nick, text)])
 
     # download -------------------------------------------------------------------------------
 
@@ -667,16 +667,16 @@ class FilesService(Service):
         if info is None or not self._may_see(info, session.nick):
             raise _not_found(f"no file {req.id[:20]!r}")
         if not 0 <= req.offset <= info.size:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, f"offset must be 0 to {info.size}")
+            raise Refused(p.ErrorCode.BAD_REQUEST, f"offset must be 0 to {info.size}")
         if req.credit < 1:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
         if self._transfers_of(session) >= MAX_TRANSFERS_PER_SESSION:
-            raise ChatError(p.ErrorCode.TOO_MANY,
+            raise Refused(p.ErrorCode.TOO_MANY,
                             f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         blob = self.blob_path(info.sha256)
         if not blob.is_file():
             log.error("file %s: blob %s is missing", info.id, blob)
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR, "the broker lost this file's content")
+            raise Refused(p.ErrorCode.INTERNAL_ERROR, "the broker lost this file's content")
         dl = _Download(secrets.token_hex(8), session, info, blob, req.offset,
                        min(req.credit, MAX_CREDIT), last_credit=self.clock.monotonic_s())
         self.downloads[dl.download_id] = dl
@@ -729,7 +729,7 @@ class FilesService(Service):
 
     def _credit(self, session: ClientSession, req: pf.FileCredit) -> p.Ok:
         if req.credit < 1:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
         dl = self.downloads.get(req.download)
         if dl is not None and dl.session.routing_id == session.routing_id:
             dl.credit = min(dl.credit + req.credit, MAX_CREDIT)
@@ -748,14 +748,10 @@ class FilesService(Service):
 
     def _list(self, session: ClientSession, req: pf.FileList) -> pf.FileListed:
         if not 1 <= req.limit <= pf.MAX_FILE_LIST:
-            raise ChatError(p.ErrorCode.TOO_MANY, f"limit must be 1 to {pf.MAX_FILE_LIST}")
+            raise Refused(p.ErrorCode.TOO_MANY, f"limit must be 1 to {pf.MAX_FILE_LIST}")
         if req.room:
             check_room(req.room)
             files = self.store.in_room(req.room, req.limit)
         else:
             files = self.store.direct(session.nick, req.limit)
         return pf.FileListed(req_id=req.req_id, room=req.room, files=tuple(files))
-
-
-if FilesService not in DEFAULT_SERVICES:
-    DEFAULT_SERVICES.append(FilesService)

@@ -1,9 +1,11 @@
-"""Features of the broker beyond chat (games, files) plug in as services.
+"""The broker's features (chat, games, files) plug in as services.
 
 A service gets requests of its own message classes, may send one client a
 :class:`~zmeet.protocol.Direct` message or publish on the events lane, hears when a session
-ends, and is ticked on a timer for its time-outs. It runs on the hub with the broker: it must
-not block (DESIGN.md, "Rules of the gevent hub"); slow work goes to gevent's threadpool.
+ends, and is ticked on a timer for its time-outs. It sees the broker through
+:class:`BrokerCore`, the narrow interface below (this module imports nothing of the broker's
+server). It runs on the hub with the broker: it must not block (DESIGN.md, "Rules of the gevent
+hub"); slow work goes to gevent's threadpool, in a greenlet of the service's own.
 
 A handler never waits: ``handler(session, request) -> p.Reply | Deferred``. One whose answer
 needs slow work (a thread, a greenlet) returns ``broker.defer(session, request)`` and replies
@@ -12,14 +14,18 @@ later, from any greenlet, with :meth:`Deferred.reply` or :meth:`Deferred.refuse`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import protocol as p
 from ..errors import LocalProtocolError
+from .sessions import ClientSession
 
 if TYPE_CHECKING:
-    from .server import Broker, ClientSession
+    from ..chat import Rooms
+    from ..clock import Clock
+    from .store import Store
 
 TICK_INTERVAL_S = 0.1
 """How often :meth:`Service.tick` runs."""
@@ -86,9 +92,84 @@ class Deferred:
                 f"{self.session.nick} {state}>")
 
 
-Handler = Callable[["ClientSession", Any], "p.Reply | Deferred"]
-"""``handler(session, request) -> reply or Deferred``; raises ``Refused(code, reason)`` to
-answer ERROR."""
+Handler = Callable[[ClientSession, Any], "p.Reply | Deferred"]
+"""``handler(session, request) -> reply or Deferred``; raises
+:class:`~zmeet.errors.Refused` ``(code, reason)`` to answer ERROR."""
+
+
+class BrokerConfigView(Protocol):
+    """The settings of the broker that services read (:class:`zmeet.broker.BrokerConfig`)."""
+
+    data_dir: Path
+    history: int
+    max_file_size: int
+
+
+class BrokerCore(Protocol):
+    """What a service sees of the broker (:class:`zmeet.broker.Broker` is one).
+
+    Every method runs on the hub's thread, from any greenlet. Sends and events made inside the
+    control loop's batch go out after its commit (docs/architecture.md, "Group commit"); made
+    by another greenlet (a service's own, a tick), they go out at once, in a transaction of
+    their own.
+    """
+
+    @property
+    def config(self) -> BrokerConfigView:
+        """The broker's settings."""
+        ...
+
+    epoch: str
+    """This run's id, told in WELCOME and every heartbeat."""
+    endpoints: dict[str, str]
+    """Lane name -> bound endpoint."""
+    sessions: dict[bytes, ClientSession]
+    """Control routing id -> session."""
+    rooms: Rooms | None
+    """The chat domain (nicks, rooms, membership); set once started."""
+    store: Store | None
+    """The room-event store; set once started."""
+
+    @property
+    def clock(self) -> Clock:
+        """The broker's clock (``BrokerConfig.clock``): every time read goes through it."""
+        ...
+
+    def session_of(self, nick: str) -> ClientSession | None:
+        """The session holding ``nick``, or None."""
+        ...
+
+    def defer(self, session: ClientSession, request: p.Request) -> Deferred:
+        """A pending reply to ``request``, for its handler to return (:class:`Deferred`)."""
+        ...
+
+    def send_direct(self, session: ClientSession, message: p.Message) -> None:
+        """Send ``session`` a :class:`~zmeet.protocol.Direct` message on the control lane."""
+        ...
+
+    def publish_events(self, events: Iterable[p.RoomEvent]) -> None:
+        """Store room events, then publish them (the Clone pattern)."""
+        ...
+
+    def publish(self, message: p.Message) -> None:
+        """Publish a registered published message that is not stored (GAME-STATE, ...)."""
+        ...
+
+    def commit(self) -> None:
+        """Store and send what the current batch holds now (before a read of the store)."""
+        ...
+
+    def open_session(self, routing_id: bytes, nick: str) -> ClientSession:
+        """A new session for ``nick`` (already claimed in :attr:`rooms`) at ``routing_id``."""
+        ...
+
+    def end_session(self, session: ClientSession, type_: str, reason: str) -> None:
+        """End ``session``: services hear it, its nick is released (``type_`` leave/gone)."""
+        ...
+
+    def limits(self) -> dict[str, int]:
+        """The limits told to clients in WELCOME."""
+        ...
 
 
 class Service:
@@ -96,19 +177,19 @@ class Service:
 
     name = "service"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         self.broker = broker
 
     def handlers(self) -> dict[type, Handler]:
-        """Request class -> ``handler(session, request) -> reply | Deferred``. A handler raises
-        :class:`zmeet.chat.ChatError` (code, reason) to answer ERROR."""
+        """Request class -> ``handler(session, request) -> reply | Deferred``. A handler never
+        waits; it raises :class:`~zmeet.errors.Refused` ``(code, reason)`` to answer ERROR."""
         return {}
 
     def on_session_end(self, session: ClientSession, reason: str) -> None:
         """``session`` is ending (BYE, heartbeats stopped, nick changed): ``reason`` says which."""
 
     def tick(self, now_s: float) -> None:
-        """Called every TICK_INTERVAL_S with ``time.monotonic()``."""
+        """Called every TICK_INTERVAL_S with the broker clock's monotonic time (seconds)."""
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -117,7 +198,6 @@ class Service:
         """The broker is stopping."""
 
 
-ServiceFactory = Callable[["Broker"], Service]
-
-DEFAULT_SERVICES: list[ServiceFactory] = []
-"""The services every broker runs, appended by the feature modules below."""
+ServiceFactory = Callable[[Any], Service]
+"""Makes a service for a broker (called with the :class:`BrokerCore`): a Service subclass, or
+a ``functools.partial`` of one with its settings (``BrokerConfig.services``)."""

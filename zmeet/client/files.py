@@ -36,7 +36,7 @@ import gevent
 import gevent.queue
 
 from .. import protocol as p
-from ..errors import BrokerUnavailable, RemoteProtocolError, RequestRefused
+from ..errors import BrokerUnavailable, Refused, RemoteProtocolError
 from ..files import (
     FileMissing,
     FileTooLarge,
@@ -147,7 +147,7 @@ class FileClient:
     each download chunk (default: twice the session's request timeout, at least 10 s).
 
     Every method raises :class:`~zmeet.errors.BrokerUnavailable` when the broker does not
-    answer and :class:`~zmeet.errors.RequestRefused` for an ERROR reply, besides the
+    answer and :class:`~zmeet.errors.Refused` for an ERROR reply, besides the
     :mod:`zmeet.files` errors each one names.
     """
 
@@ -247,7 +247,7 @@ class FileClient:
         the octets the broker already has. Raises :class:`~zmeet.files.FileMissing` ("File
         doesn't exist") or :class:`~zmeet.files.FileUnreadable` before anything is sent,
         :class:`~zmeet.files.FileTooLarge` if the broker's ``max_file_size`` is smaller (told
-        in WELCOME: no octet is sent), RequestRefused for a broker that refuses (FILE-PUT's
+        in WELCOME: no octet is sent), Refused for a broker that refuses (FILE-PUT's
         errors), BrokerUnavailable if it stops answering (run it again to resume).
         """
         path = Path(path)
@@ -272,7 +272,7 @@ class FileClient:
             try:
                 ready = self.session.request(pf.FilePut, room=room, to=to, name=name,
                                              size=size, sha256=sha256)
-            except RequestRefused as exc:
+            except Refused as exc:
                 if exc.code == p.ErrorCode.MESSAGE_TOO_LARGE:
                     raise FileTooLarge(exc.reason) from None
                 raise
@@ -322,7 +322,7 @@ class FileClient:
         in_flight: deque[gevent.Greenlet] = deque()
 
         def settle_oldest() -> None:
-            ack = in_flight.popleft().get()  # re-raises BrokerUnavailable, RequestRefused
+            ack = in_flight.popleft().get()  # re-raises BrokerUnavailable, Refused
             assert isinstance(ack, pf.FileAck)
             window.acked(ack.received)
             progress.update(window.confirmed)
@@ -377,14 +377,14 @@ class FileClient:
         Goes on from ``folder/.zmeet-partial/<id>.part`` if an earlier try was cut off.
         Raises :class:`~zmeet.files.IntegrityError` if the whole file does not match its
         SHA-256 (the part is set aside, nothing delivered), :class:`~zmeet.files.TransferFailed`
-        if the broker stops sending (run it again to resume), RequestRefused (404: no such
+        if the broker stops sending (run it again to resume), Refused (404: no such
         file), OSError if the folder cannot be written.
         """
         folder = Path(folder)
         try:
             part = part_path(folder, file_id)
         except ValueError:
-            raise RequestRefused(pf.NOT_FOUND, f"no file {file_id[:20]!r}") from None
+            raise Refused(pf.NOT_FOUND, f"no file {file_id[:20]!r}") from None
         part.parent.mkdir(parents=True, exist_ok=True)
         target = _PartTarget(part, self._pool, credit)
         try:
@@ -443,7 +443,7 @@ class FileClient:
                             stream = self.session.request(pf.FileGet, id=file_id,
                                                           offset=effect.offset,
                                                           credit=credit_chunks)
-                        except RequestRefused as exc:
+                        except Refused as exc:
                             todo.extend(machine.handle(StreamRefused(exc.code, exc.reason)))
                             continue
                         assert isinstance(stream, pf.FileStream)
@@ -518,7 +518,7 @@ class FileClient:
         """Raise what :class:`~zmeet.files.transfer.Fail` stands for."""
         name = info.name if info else file_id
         if fail.kind == "refused":
-            raise RequestRefused(fail.code, fail.reason)
+            raise Refused(fail.code, fail.reason)
         if fail.kind == "aborted":
             raise TransferFailed(f"{name}: {fail.reason}")
         if fail.kind == "io":
@@ -534,13 +534,13 @@ class FileClient:
     def _give_credit(self, download_id: str, credit: int) -> None:
         try:
             self.session.request(pf.FileCredit, download=download_id, credit=credit)
-        except (BrokerUnavailable, RequestRefused) as exc:
+        except (BrokerUnavailable, Refused) as exc:
             log.info("credit for %s not given: %s", download_id, exc)
 
     def _cancel_quietly(self, transfer_id: str) -> None:
         try:
             self.session.request(pf.FileCancel, id=transfer_id)
-        except (BrokerUnavailable, RequestRefused):
+        except (BrokerUnavailable, Refused):
             pass
 
 
