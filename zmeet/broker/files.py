@@ -38,7 +38,7 @@ import secrets
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
@@ -69,10 +69,8 @@ from ..files.transfer import (
     Written,
 )
 from ..protocol import files as pf
-from .service import Deferred, Handler, Service
-
-if TYPE_CHECKING:
-    from .server import Broker, ClientSession
+from .service import BrokerCore, Deferred, Handler, Service
+from .sessions import ClientSession
 
 log = logging.getLogger("zmeet.broker.files")
 
@@ -232,7 +230,7 @@ class _Answer:
         elif self.reply is None and self.refusal is None:
             self.refusal = (int(code), reason)
 
-    def settle(self, broker: Broker) -> p.Reply | Deferred:
+    def settle(self, broker: BrokerCore) -> p.Reply | Deferred:
         """What the handler returns: the reply given already, or a Deferred for later. Raises
         Refused for a refusal given already."""
         if self.refusal is not None:
@@ -292,7 +290,7 @@ class FilesService(Service):
 
     name = "files"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         super().__init__(broker)
         data_dir = Path(broker.config.data_dir)
         self.clock: Clock = broker.clock
