@@ -260,6 +260,7 @@ class _Upload:
     puts: list[tuple[_Answer, pf.FilePut]] = field(default_factory=list)
     """FILE-PUTs waiting for the previous owner's chunks to reach the disk."""
 
+
 @dataclass
 class _Download:
     download_id: str

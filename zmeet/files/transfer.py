@@ -188,6 +188,7 @@ class Upload:
         self.queue_chunks = queue_chunks
         self.window = window
         self.failure: tuple[int, str] | None = None
+        self._lost = False  # FAILED because the partial is worth nothing: discard it
         self._unwritten: deque[int] = deque()  # ends of accepted chunks not yet written
         self._held: deque[tuple[Any, int]] = deque()  # (token, end): FILE-ACKs not yet sent
         self._done: Any = None  # the FILE-DONE being answered
@@ -303,8 +304,6 @@ class Upload:
     def _mismatch(self) -> str:
         return (f"the data received does not match sha256 {self.sha256[:16]}...: nothing was "
                 "stored; upload it again")
-
-    _lost = False
 
     def _fail(self, code: int, reason: str, *, lost: bool = False) -> list[Any]:
         if self.state in (UploadState.VERIFIED, UploadState.FAILED):
@@ -451,11 +450,13 @@ class Download:
     as chunks are written (:class:`Written`), never for chunks of an earlier FILE-GET.
 
     :attr:`offset` is the octets received in order (FILE-GET asks from there), :attr:`size`
-    the file's (known once FILE-STREAM came), :attr:`stream` the current download id.
+    the file's (known once FILE-STREAM came), :attr:`stream` the current download id,
+    :attr:`expected_sha256` the file's SHA-256 (the driver sets it from FILE-STREAM's
+    FileInfo; :class:`Verified` is checked against it).
     """
 
     def __init__(self, have: int = 0, *, hashed: int = 0, credit: int = 16,
-                 attempts: int = 3) -> None:
+                 attempts: int = 3, sha256: str | None = None) -> None:
         if credit < 1 or attempts < 1 or not 0 <= hashed <= have:
             raise ValueError("need credit >= 1, attempts >= 1, 0 <= hashed <= have")
         self.state = DownloadState.ASKING
@@ -467,6 +468,7 @@ class Download:
         self.attempts = attempts
         self.asked = 0  # FILE-GETs made
         self.stream = ""
+        self.expected_sha256 = sha256
         self.last_error = ""
         self._spent = 0
         self._unwritten: deque[tuple[int, str]] = deque()  # (end, download) not yet written
@@ -523,9 +525,6 @@ class Download:
             self.state = DownloadState.FAILED
             return [Reject()]
         raise TypeError(f"not a download event: {event!r}")
-
-    expected_sha256: str | None = None
-    """The file's SHA-256, set by the driver from FILE-STREAM's FileInfo."""
 
     def _may_ask(self) -> bool:
         if self.asked >= self.attempts:
