@@ -667,3 +667,32 @@ def test_a_put_right_after_chunks_still_being_written_gets_ready_once_they_are(b
     assert isinstance(last, pf.FileAck) and last.received == len(data)
     shared = ask(pf.FileDone, upload=again.upload)
     assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+
+
+def test_acks_held_back_for_the_disk_keep_the_order_of_the_chunks_and_done_comes_last(
+        broker, raw_dealer, recv):
+    """16 FILE-DATA and FILE-DONE sent at once: more than the write queue takes, so some
+    FILE-ACKs wait for the disk (deferred); all come in the order of the chunks, and
+    FILE-SHARED after them, once the content is stored."""
+    data = os.urandom(16 * MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    dealer = raw_dealer()
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask(p.Hello, nick="pipe")
+    ask(p.Join, room="share")
+    ready = ask(pf.FilePut, room="share", name="p.bin", size=len(data), sha256=sha)
+    step = ready.chunk_bytes
+    count = len(data) // step
+    assert count > 8  # WRITE_QUEUE_CHUNKS
+    for i in range(count):
+        dealer.send_multipart(p.encode(pf.FileData(req_id=100 + i, upload=ready.upload,
+                                                   offset=i * step,
+                                                   data=data[i * step:(i + 1) * step])))
+    dealer.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+    replies = [recv(dealer, timeout_s=WAIT_S) for _ in range(count + 1)]
+    assert [r.req_id for r in replies] == [100 + i for i in range(count)] + [999]
+    assert [r.received for r in replies[:-1]] == [(i + 1) * step for i in range(count)]
+    shared = replies[-1]
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+    blob = _files_service(broker).blob_path(sha)
+    assert blob.read_bytes() == data
