@@ -418,7 +418,7 @@ class FilesService(Service):
         self._check_put(session, req)
         if self._transfers_of(session) >= MAX_TRANSFERS_PER_SESSION:
             raise Refused(p.ErrorCode.TOO_MANY,
-                            f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
+                          f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         up = self._by_sha.get(req.sha256)
         if up is not None and up.size != req.size:  # same hash, other size: one of them lies
             self._forget(up, delete=True)
@@ -428,37 +428,41 @@ class FilesService(Service):
             idle_s = self.clock.monotonic_s() - up.last_active
             if owner_alive and idle_s < UPLOAD_TAKEOVER_IDLE_S:
                 raise Refused(p.ErrorCode.TOO_MANY,
-                                "the same content is being uploaded by another client; "
-                                "try again shortly")
+                              "the same content is being uploaded by another client; "
+                              "try again shortly")
             log.info("upload of %s taken over by %s", req.sha256[:12], session.nick)
         answer = _Answer(session, req)
         if up is None:
             self._ready(answer, req, self._open_upload(req.sha256, req.size))
-        else:
+        else:  # FILE-READY once the previous owner's chunks are written (at once if they are)
             self._release(up)
             up.puts.append((answer, req))
             if up.sink is None or not up.sink.writing:
                 self._go_on_puts(up)
-            # else: the sink's on_written goes on once the previous owner's chunks are written
         return answer.settle(self.broker)
 
     def _go_on_puts(self, up: _Upload) -> None:
-        """The FILE-PUTs waiting for ``up``'s queue to be written get their FILE-READY (the
-        last one wins the upload, as if they had come one after the other)."""
+        """The FILE-PUTs waiting for ``up``'s queue to be written get their FILE-READY, as if
+        they had come one after the other (the last one holds the upload)."""
         puts, up.puts = up.puts, []
         for answer, req in puts:
             if self.broker.sessions.get(answer.session.routing_id) is not answer.session:
                 continue  # that session ended meanwhile
-            current = self._by_sha.get(req.sha256)
-            if current is not up:
-                current = None
-            elif up.owner is not None:
-                self._release(up)
             try:
-                if current is not None and (up.machine.state is UploadState.FAILED
-                                            or (up.sink is not None and up.sink.error)):
-                    self._forget(up, delete=True)
+                current = self._by_sha.get(req.sha256)
+                if current is not None and current.size != req.size:
+                    self._forget(current, delete=True)
                     current = None
+                if current is not None:
+                    if current.owner is not None:
+                        self._release(current)
+                    if current.sink is not None and current.sink.writing:
+                        current.puts.append((answer, req))  # its on_drained goes on
+                        continue
+                    if current.machine.state is UploadState.FAILED or (
+                            current.sink is not None and current.sink.error):
+                        self._forget(current, delete=True)
+                        current = None
                 if current is None:
                     current = self._open_upload(req.sha256, req.size)
                 else:
@@ -505,7 +509,7 @@ class FilesService(Service):
             raise Refused(p.ErrorCode.INVALID_NAME, "a file needs a name (and no NUL in it)")
         if name_bytes > pf.MAX_FILE_NAME_BYTES:
             raise Refused(p.ErrorCode.MESSAGE_TOO_LARGE,
-                            f"name is {name_bytes} bytes; the limit is {pf.MAX_FILE_NAME_BYTES}")
+                          f"name is {name_bytes} bytes; the limit is {pf.MAX_FILE_NAME_BYTES}")
         if bool(req.room) == bool(req.to):
             raise Refused(p.ErrorCode.BAD_REQUEST, "give a room or a nick to send to (one)")
         rooms = self.broker.rooms
@@ -554,7 +558,7 @@ class FilesService(Service):
         except (OSError, ValueError) as exc:  # ValueError: cut short under a running catch-up
             log.error("cannot open %s: %s", sink.path, exc)
             raise Refused(p.ErrorCode.INTERNAL_ERROR,
-                            "the broker cannot store files now") from None
+                          "the broker cannot store files now") from None
         sink.catch_up()
 
     def _on_sink_error(self, up: _Upload, where: str, exc: OSError) -> None:
@@ -671,7 +675,7 @@ class FilesService(Service):
             raise Refused(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
         if self._transfers_of(session) >= MAX_TRANSFERS_PER_SESSION:
             raise Refused(p.ErrorCode.TOO_MANY,
-                            f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
+                          f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         blob = self.blob_path(info.sha256)
         if not blob.is_file():
             log.error("file %s: blob %s is missing", info.id, blob)
