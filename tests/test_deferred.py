@@ -214,3 +214,21 @@ def test_other_greenlets_sends_are_never_held_by_the_control_loops_batch(
     finally:
         service.release.set()
     assert recv(alice) == pg.GameList(req_id=5, games=())
+
+
+def test_a_deferred_hands_its_one_reply_to_the_broker():
+    """No sockets: a Deferred calls its broker's send once, with the reply, and refuses more."""
+    from zmeet.broker.sessions import ClientSession
+
+    sent = []
+    session = ClientSession(b"r", "alice", b"m", 0.0)
+    deferred = Deferred(session, pg.ListGames(req_id=4),
+                        lambda d, reply: sent.append((d, reply)))
+    assert (deferred.req_id, deferred.done) == (4, False)
+    assert "pending" in repr(deferred)
+    deferred.refuse(p.ErrorCode.TOO_MANY, "later")
+    assert sent == [(deferred, p.Error(req_id=4, code=p.ErrorCode.TOO_MANY, reason="later"))]
+    assert deferred.done and "done" in repr(deferred)
+    with pytest.raises(LocalProtocolError):
+        deferred.reply(pg.GameList(req_id=4, games=()))
+    assert len(sent) == 1

@@ -241,14 +241,18 @@ class Broker:
         # than uuid4 on the hot path)
         self.rooms = Rooms(cfg.clock.wall_s, self.store.load_room,
                            lambda: f"{self.epoch}-{next(ids):x}")
-        self.chat = ChatService(self)
-        self.services = [self.chat, *(factory(self) for factory in cfg.services)]
-        self._handlers = {}
-        for service in self.services:
-            for cls, handler in service.handlers().items():
-                if cls in self._handlers:
-                    raise ValueError(f"two services handle {cls.__name__}")
-                self._handlers[cls] = handler
+        try:
+            self.chat = ChatService(self)
+            self.services = [self.chat, *(factory(self) for factory in cfg.services)]
+            self._handlers = {}
+            for service in self.services:
+                for cls, handler in service.handlers().items():
+                    if cls in self._handlers:
+                        raise ValueError(f"two services handle {cls.__name__}")
+                    self._handlers[cls] = handler
+        except Exception:
+            self.store.close()
+            raise
         wanted = cfg.endpoints()
         ctx = self.context
         self._control = ctx.socket(zmq.ROUTER)
@@ -813,4 +817,4 @@ def _recv_control_rest(sock: zmq.Socket, routing_id: bytes) -> list:
     return parts
 
 
-__all__ = ["Broker", "BrokerConfig", "default_data_dir", "derive_endpoints"]
+__all__ = ["Broker", "BrokerConfig", "ClientSession", "default_data_dir", "derive_endpoints"]

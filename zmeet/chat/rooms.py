@@ -67,7 +67,7 @@ class Room:
 class Rooms:
     """The broker's chat state.
 
-    ``clock`` returns wall-clock seconds since the Unix epoch (``time.time`` in the broker, a
+    ``clock`` returns wall-clock seconds since the Unix epoch (the broker clock's ``wall_s``, a
     fake in tests); ``load_room`` returns ``(last_seq, topic)`` of a room from the store the
     first time the room is touched, so sequence numbers go on across broker restarts.
     """
