@@ -287,10 +287,12 @@ class FileSink:
 
     def _catch_up(self) -> None:
         try:
+            hasher = self.hasher
             while self.hashed < self.written and not self._stopped:
                 want = min(self.catch_up_bytes, self.written - self.hashed)
-                got = self.pool.spawn(hash_range, self.hasher, self.path, self.hashed,
-                                      want).get()
+                got = self.pool.spawn(hash_range, hasher, self.path, self.hashed, want).get()
+                if self.hasher is not hasher:  # started over meanwhile (a write failed)
+                    break
                 if got != want:
                     raise OSError(f"{self.path.name} is shorter than {self.hashed + want}")
                 self.hashed += got
