@@ -494,6 +494,23 @@ def test_a_stale_part_longer_than_the_file_is_started_over(peer, tmp_path):
     assert path.read_bytes() == (tmp_path / "small").read_bytes()
 
 
+def test_a_part_longer_than_the_file_is_started_over_even_if_the_broker_streams_it(connect,
+                                                                                  tmp_path):
+    data = os.urandom(3 * 4096 + 1)
+    fake = FakeBroker(data, corrupt_at=-1)  # answers FILE-GET from any offset, never 400
+    try:
+        client = Peer(connect("bob", fake.endpoint))
+        client.files.chunk_timeout_s = 0.2
+        part = tmp_path / ".zmeet-partial" / f"{fake.info.id}.part"
+        part.parent.mkdir()
+        part.write_bytes(b"x" * (len(data) + 10))
+        _, path = client.files.download(fake.info.id, tmp_path)
+        assert path.read_bytes() == data and not part.exists()
+        client.close(bye=False)
+    finally:
+        fake.close()
+
+
 def test_a_download_whose_chunks_stop_coming_fails_with_resume_advice(connect, tmp_path):
     fake = FakeBroker(b"", corrupt_at=-1)
     fake.info = pf.FileInfo(id="0123456789ab", name="n", size=10, sha256="0" * 64, sender="e")
@@ -520,6 +537,7 @@ def test_a_file_sent_to_one_nick_is_offered_and_shown_to_that_nick_only(peer, tm
     with pytest.raises(RequestRefused) as refused:
         carol.files.download(info.id, tmp_path / "carol")
     assert refused.value.code == pf.NOT_FOUND
+    assert not (tmp_path / "carol" / ".zmeet-partial" / f"{info.id}.part").exists()
     _, path = bob.files.download(info.id, tmp_path / "bob")
     assert path.read_bytes() == (tmp_path / "secret.txt").read_bytes()
     with pytest.raises(RequestRefused) as refused:

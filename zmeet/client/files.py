@@ -568,15 +568,19 @@ class _Target:
 
 
 class _PartTarget(_Target):
-    """A download's part file, written and hashed by a :class:`~zmeet.files.sink.FileSink`."""
+    """A download's part file, written and hashed by a :class:`~zmeet.files.sink.FileSink`
+    (opened at the first FILE-STREAM: a refused download leaves no part behind)."""
 
     def __init__(self, part: Path, pool: Any, credit: int) -> None:
         self.part = part
         self.pool = pool
         self.max_chunks = max(credit, 1) + WRITE_BATCH_CHUNKS
         self._put: Callable[[Any], None] | None = None
-        self.sink = self._open()
-        self.have = self.sink.written
+        self.sink: FileSink | None = None
+        try:
+            self.have = part.stat().st_size
+        except FileNotFoundError:
+            self.have = 0
 
     def _open(self) -> FileSink:
         sink = FileSink(self.part, mode=0o666, pool=self.pool, max_chunks=self.max_chunks,
@@ -600,35 +604,50 @@ class _PartTarget(_Target):
 
     @property
     def error(self) -> OSError | None:  # type: ignore[override]
-        return self.sink.error
+        return None if self.sink is None else self.sink.error
 
     def listen(self, put: Callable[[Any], None]) -> None:
         self._put = put
 
+    def begin(self, info: pf.FileInfo) -> None:
+        if self.sink is None:
+            self.sink = self._open()
+
     def restart(self) -> None:
+        opened = self.sink is not None
         self.close()
-        os.truncate(self.part, 0)
-        self.sink = self._open()
+        self.sink = None
+        self.have = 0
+        try:
+            os.truncate(self.part, 0)
+        except FileNotFoundError:
+            pass
+        if opened:
+            self.sink = self._open()
 
     def put(self, offset: int, data: Any) -> None:
         """Queue a chunk (waiting for room, a few chunks at most: credit bounds them).
         Raises OSError if an earlier write failed."""
+        assert self.sink is not None
         if self.sink.error is not None:
             raise self.sink.error
         self.sink.wait_room(DONE_TIMEOUT_S)
         self.sink.put(offset, data)
 
     def catch_up(self) -> None:
-        self.sink.catch_up()
+        if self.sink is not None:
+            self.sink.catch_up()
 
     def hexdigest(self) -> str:
+        assert self.sink is not None
         return self.sink.hexdigest()
 
     def close(self) -> None:
         """Stop (what is queued and not written is dropped: the part stays the prefix written
         in order) and wait for the threadpool job under way."""
-        self.sink.stop()
-        self.sink.wait_idle(DONE_TIMEOUT_S)
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink.wait_idle(DONE_TIMEOUT_S)
 
 
 class _MemoryTarget(_Target):
