@@ -494,6 +494,23 @@ def test_a_stale_part_longer_than_the_file_is_started_over(peer, tmp_path):
     assert path.read_bytes() == (tmp_path / "small").read_bytes()
 
 
+def test_a_part_longer_than_the_file_is_started_over_even_if_the_broker_streams_it(connect,
+                                                                                  tmp_path):
+    data = os.urandom(3 * 4096 + 1)
+    fake = FakeBroker(data, corrupt_at=-1)  # answers FILE-GET from any offset, never 400
+    try:
+        client = Peer(connect("bob", fake.endpoint))
+        client.files.chunk_timeout_s = 0.2
+        part = tmp_path / ".zmeet-partial" / f"{fake.info.id}.part"
+        part.parent.mkdir()
+        part.write_bytes(b"x" * (len(data) + 10))
+        _, path = client.files.download(fake.info.id, tmp_path)
+        assert path.read_bytes() == data and not part.exists()
+        client.close(bye=False)
+    finally:
+        fake.close()
+
+
 def test_a_download_whose_chunks_stop_coming_fails_with_resume_advice(connect, tmp_path):
     fake = FakeBroker(b"", corrupt_at=-1)
     fake.info = pf.FileInfo(id="0123456789ab", name="n", size=10, sha256="0" * 64, sender="e")
@@ -520,6 +537,7 @@ def test_a_file_sent_to_one_nick_is_offered_and_shown_to_that_nick_only(peer, tm
     with pytest.raises(RequestRefused) as refused:
         carol.files.download(info.id, tmp_path / "carol")
     assert refused.value.code == pf.NOT_FOUND
+    assert not (tmp_path / "carol" / ".zmeet-partial" / f"{info.id}.part").exists()
     _, path = bob.files.download(info.id, tmp_path / "bob")
     assert path.read_bytes() == (tmp_path / "secret.txt").read_bytes()
     with pytest.raises(RequestRefused) as refused:
@@ -579,3 +597,120 @@ def test_raw_body_with_wrong_types_is_refused(raw_dealer, roundtrip):
                           "room": "share"})
     reply = roundtrip(dealer, [HEADER, b"FILE-PUT", body])
     assert isinstance(reply, p.Error) and reply.code == 400 and reply.req_id == 2
+
+
+# --- the control loop never waits for a file ------------------------------------------------------
+
+
+RESUMED_PARTIAL_BYTES = 1024 * MiB
+"""A partial big enough that hashing it (at about 2 GB/s with SHA extensions) takes far longer
+than the few round trips between FILE-PUT and FILE-DONE."""
+
+
+def _files_service(broker) -> FilesService:
+    (files,) = [s for s in broker.services if isinstance(s, FilesService)]
+    return files
+
+
+def test_chat_is_answered_while_a_resumed_uploads_final_hash_runs(make_broker, connect,
+                                                                  raw_dealer, roundtrip, recv,
+                                                                  tmp_path):
+    # a partial upload found on disk (as after a broker restart): 1 GiB of zeros, sparse, that
+    # the broker must hash before it can answer FILE-DONE; the last 1000 octets still to send
+    tail = os.urandom(1000)
+    hasher = hashlib.sha256()
+    zeros = bytes(8 * MiB)
+    for _ in range(RESUMED_PARTIAL_BYTES // len(zeros)):
+        hasher.update(zeros)
+    hasher.update(tail)
+    sha = hasher.hexdigest()
+    size = RESUMED_PARTIAL_BYTES + len(tail)
+    partials = tmp_path / "broker-data" / "blobs" / "partial"
+    partials.mkdir(parents=True)
+    with open(partials / sha, "wb") as f:
+        f.truncate(RESUMED_PARTIAL_BYTES)
+    broker = make_broker()
+    files = _files_service(broker)
+    bob = connect("bob", broker, timeout_s=60)
+    bob.join("share")
+    alice = raw_dealer(broker.endpoints["control"])
+    ask = asker(roundtrip, alice)
+    ask(p.Hello, nick="alice")
+    ask(p.Join, room="share")
+    ready = ask(pf.FilePut, room="share", name="disk.img", size=size, sha256=sha)
+    assert isinstance(ready, pf.FileReady) and ready.offset == RESUMED_PARTIAL_BYTES
+    ack = ask(pf.FileData, upload=ready.upload, offset=ready.offset, data=tail)
+    assert isinstance(ack, pf.FileAck) and ack.received == size
+    alice.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+    posted = bob.say("share", "still talking")  # sent while the broker hashes the partial
+    assert isinstance(posted, p.Posted)
+    assert alice.poll(0) == 0, "FILE-DONE was answered before the chat message"
+    upload = files.uploads[ready.upload]
+    assert upload.sink is not None and upload.sink.hashed < size  # the hash goes on
+    assert upload.machine.state.value == "finishing"
+    shared = recv(alice, timeout_s=50)
+    assert isinstance(shared, pf.FileShared) and shared.req_id == 999
+    assert shared.file.sha256 == sha and shared.file.size == size
+    blob = files.blob_path(sha)
+    assert blob.stat().st_size == size
+    blob.unlink()
+
+
+def test_a_put_right_after_chunks_still_being_written_gets_ready_once_they_are(broker,
+                                                                             raw_dealer, recv,
+                                                                             tmp_path):
+    """FILE-DATA x8, FILE-CANCEL and FILE-PUT again, sent at once: the FILE-PUT arrives while
+    the chunks are being written and is answered (FILE-READY from all 8 MiB) when they are."""
+    data = os.urandom(8 * MiB + 1)
+    sha = hashlib.sha256(data).hexdigest()
+    dealer = raw_dealer()
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask(p.Hello, nick="quick")
+    ask(p.Join, room="share")
+    put = {"room": "share", "name": "q.bin", "size": len(data), "sha256": sha}
+    ready = ask(pf.FilePut, **put)
+    assert isinstance(ready, pf.FileReady) and ready.offset == 0
+    step = ready.chunk_bytes
+    messages = [pf.FileData(req_id=100 + i, upload=ready.upload, offset=i * step,
+                            data=data[i * step:(i + 1) * step]) for i in range(8)]
+    messages += [pf.FileCancel(req_id=200, id=ready.upload), pf.FilePut(req_id=201, **put)]
+    for message in messages:
+        dealer.send_multipart(p.encode(message))
+    replies = [recv(dealer, timeout_s=WAIT_S) for _ in messages]
+    assert [type(r) for r in replies] == [pf.FileAck] * 8 + [p.Ok, pf.FileReady]
+    assert [r.received for r in replies[:8]] == [(i + 1) * step for i in range(8)]
+    again = replies[-1]
+    assert again.offset == 8 * step and again.upload != ready.upload
+    last = ask(pf.FileData, upload=again.upload, offset=8 * step, data=data[8 * step:])
+    assert isinstance(last, pf.FileAck) and last.received == len(data)
+    shared = ask(pf.FileDone, upload=again.upload)
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+
+
+def test_acks_held_back_for_the_disk_keep_the_order_of_the_chunks_and_done_comes_last(
+        broker, raw_dealer, recv):
+    """16 FILE-DATA and FILE-DONE sent at once: more than the write queue takes, so some
+    FILE-ACKs wait for the disk (deferred); all come in the order of the chunks, and
+    FILE-SHARED after them, once the content is stored."""
+    data = os.urandom(16 * MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    dealer = raw_dealer()
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask(p.Hello, nick="pipe")
+    ask(p.Join, room="share")
+    ready = ask(pf.FilePut, room="share", name="p.bin", size=len(data), sha256=sha)
+    step = ready.chunk_bytes
+    count = len(data) // step
+    assert count > 8  # WRITE_QUEUE_CHUNKS
+    for i in range(count):
+        dealer.send_multipart(p.encode(pf.FileData(req_id=100 + i, upload=ready.upload,
+                                                   offset=i * step,
+                                                   data=data[i * step:(i + 1) * step])))
+    dealer.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+    replies = [recv(dealer, timeout_s=WAIT_S) for _ in range(count + 1)]
+    assert [r.req_id for r in replies] == [100 + i for i in range(count)] + [999]
+    assert [r.received for r in replies[:-1]] == [(i + 1) * step for i in range(count)]
+    shared = replies[-1]
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+    blob = _files_service(broker).blob_path(sha)
+    assert blob.read_bytes() == data

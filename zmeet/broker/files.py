@@ -12,13 +12,16 @@ Storage, in the broker's data directory:
   store (``zmeet.sqlite3``).
 
 Disk I/O and hashing of chunks run in gevent's threadpool (DESIGN.md, "Rules of the gevent
-hub"), driven by a greenlet per transfer, so the control loop never waits for the disk. An
-upload's chunks are accepted in order into a queue of at most WRITE_QUEUE_CHUNKS (FILE-ACK says
-so at once); its writer greenlet writes and hashes them, a few per threadpool job. Only when
-the queue is full (a disk slower than the network) does FILE-DATA wait, which bounds what an
-upload holds in memory: the client's window of unacked chunks plus the queue. A download is
-streamed by a greenlet of its own, which reads a few chunks per threadpool job and sends them
-as FILE-CHUNK while the client's credit lasts.
+hub"), driven by greenlets of each transfer, so the control loop never waits for the disk and
+no handler waits at all. An upload's state is a sans-IO :class:`~zmeet.files.transfer.Upload`
+machine; its octets go to a :class:`~zmeet.files.sink.FileSink`, whose writer greenlet writes
+and hashes them, a few per threadpool job. FILE-ACK goes at once while at most
+WRITE_QUEUE_CHUNKS chunks wait for the disk; past that (a disk slower than the network) it is a
+deferred reply sent when writes make room, which bounds what an upload holds in memory: the
+client's window of unacked chunks plus the queue. FILE-DONE is answered (deferred) once every
+chunk is written and the hash, a resumed upload's catch-up included, has reached the end. A
+download is streamed by a greenlet of its own, which reads a few chunks per threadpool job and
+sends them as FILE-CHUNK while the client's credit lasts.
 
 A shared file is announced to its room as a room event of type ``file`` (sequenced, stored,
 in history, made whole by gap fill like every room event), with ``text`` the JSON object
@@ -28,32 +31,46 @@ with a FILE-OFFER on the control lane, and listed only for the sender and the re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import secrets
 import sqlite3
-import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
 
 from .. import protocol as p
 from ..chat.rooms import check_nick, check_room
-from ..errors import Refused as ChatError  # the one refusal type (zmeet.errors)
-from ..files.hashing import hash_range, is_sha256, read_exact, write_and_hash
+from ..clock import Clock
+from ..errors import Refused
+from ..files.hashing import is_sha256, read_exact
 from ..files.progress import format_size
+from ..files.sink import FileSink
+from ..files.transfer import (
+    Ack,
+    CatchUp,
+    DataReceived,
+    Discard,
+    DoneAsked,
+    Hashed,
+    HashFailed,
+    Refuse,
+    Share,
+    Upload,
+    UploadState,
+    Verified,
+    Verify,
+    Write,
+    WriteFailed,
+    Written,
+)
 from ..protocol import files as pf
-from .service import Service
-
-if TYPE_CHECKING:
-    from .server import Broker, ClientSession
+from .service import BrokerCore, Deferred, Handler, Service
+from .sessions import ClientSession
 
 log = logging.getLogger("zmeet.broker.files")
 
@@ -100,7 +117,8 @@ CLOSE_DRAIN_S = 5.0
 """How long a stopping broker waits for each upload's queue to reach the disk."""
 
 WRITE_QUEUE_CHUNKS = 8
-"""Chunks of one upload accepted but not yet written; past this FILE-DATA waits for the disk."""
+"""Chunks of one upload accepted but not yet written with their FILE-ACK sent; past this
+FILE-ACK waits (a deferred reply) for the disk."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -120,21 +138,9 @@ CREATE INDEX IF NOT EXISTS files_sender ON files (sender, ts_ms);
 _COLUMNS = "id, room, recipient, sender, name, size, sha256, ts_ms"
 
 
-def _write_batch(fd: int, batch: list[tuple[int, bytes]], hasher: Any) -> None:
-    """Write chunks ``(offset, data)`` in order (a threadpool job), hashing them if given."""
-    for offset, data in batch:
-        write_and_hash(fd, data, offset, hasher)
-
-
-def _hash_batch(hasher: Any, batch: list[tuple[int, bytes]]) -> None:
-    """Feed chunks ``(offset, data)`` to ``hasher`` in order (a threadpool job)."""
-    for _, data in batch:
-        hasher.update(data)
-
-
-def _not_found(reason: str) -> ChatError:
+def _not_found(reason: str) -> Refused:
     """ERROR 404 (``ErrorCode.NOT_FOUND``)."""
-    return ChatError(pf.NOT_FOUND, reason)
+    return Refused(pf.NOT_FOUND, reason)
 
 
 def _info(row: tuple) -> pf.FileInfo:
@@ -197,36 +203,62 @@ class FileStore:
         return [_info(r) for r in reversed(rows)]
 
 
+class _Answer:
+    """The token of one FILE-PUT, FILE-DATA or FILE-DONE in an :class:`Upload` machine: the
+    handler's reply if the answer comes at once, else its :class:`Deferred` (made on return)."""
+
+    __slots__ = ("deferred", "refusal", "reply", "request", "session")
+
+    def __init__(self, session: ClientSession, request: Any) -> None:
+        self.session = session
+        self.request = request
+        self.reply: p.Reply | None = None
+        self.refusal: tuple[int, str] | None = None
+        self.deferred: Deferred | None = None
+
+    def send(self, reply: p.Reply) -> None:
+        if self.deferred is not None:
+            if not self.deferred.done:
+                self.deferred.reply(reply)
+        elif self.reply is None and self.refusal is None:
+            self.reply = reply
+
+    def refuse(self, code: int, reason: str) -> None:
+        if self.deferred is not None:
+            if not self.deferred.done:
+                self.deferred.refuse(code, reason)
+        elif self.reply is None and self.refusal is None:
+            self.refusal = (int(code), reason)
+
+    def settle(self, broker: BrokerCore) -> p.Reply | Deferred:
+        """What the handler returns: the reply given already, or a Deferred for later. Raises
+        Refused for a refusal given already."""
+        if self.refusal is not None:
+            raise Refused(*self.refusal)
+        if self.reply is not None:
+            return self.reply
+        self.deferred = broker.defer(self.session, self.request)
+        return self.deferred
+
+
 @dataclass
 class _Upload:
-    """An upload of one content (``sha256``), by whichever session holds it now."""
+    """An upload of one content (``sha256``), by whichever session holds it now: its sink
+    (None once the content is stored), the :class:`Upload` machine of its current owner,
+    and who that is."""
 
     sha256: str
     size: int
-    path: Path
-    complete: bool = False  # the blob is already stored: nothing to send
+    sink: FileSink | None
+    machine: Upload
     upload_id: str = ""
     owner: bytes | None = None  # routing id of the session sending it
-    nick: str = ""
     room: str = ""
     to: str = ""
     name: str = ""
-    fd: int | None = None
-    received: int = 0  # octets written to the partial, in order
-    queued: int = 0  # octets accepted: received plus what waits in ``pending``
-    pending: deque = field(default_factory=deque)  # (offset, data) not yet written
-    writing: bool = False  # the writer greenlet runs
-    drained: gevent.event.Event = field(default_factory=gevent.event.Event)
-    room_to_queue: gevent.event.Event = field(default_factory=gevent.event.Event)
-    error: str = ""  # a write failed: the upload stops here
-    hashed: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
-    catching_up: bool = False
-    caught_up: gevent.event.Event = field(default_factory=gevent.event.Event)
-    busy: bool = False  # a threadpool write uses ``fd`` now: closing waits for it
-    close_wanted: bool = False
-    broken: bool = False  # the partial could not be hashed: start over at the next FILE-PUT
-    last_active: float = field(default_factory=time.monotonic)
+    last_active: float = 0.0
+    puts: list[tuple[_Answer, pf.FilePut]] = field(default_factory=list)
+    """FILE-PUTs waiting for the previous owner's chunks to reach the disk."""
 
 
 @dataclass
@@ -239,12 +271,19 @@ class _Download:
     credit: int
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     stopped: bool = False
-    last_credit: float = field(default_factory=time.monotonic)
+    last_credit: float = 0.0
     greenlet: gevent.Greenlet | None = None
 
 
 class FilesService(Service):
     """FILE-* requests (docs/protocol.md, "Files") over a blob store in ``data_dir/blobs``.
+
+    No handler waits: FILE-DATA with the write queue full, FILE-PUT of an upload whose chunks
+    are still being written, and FILE-DONE (which needs the writes and the hash, a resumed
+    upload's catch-up included) return a :class:`Deferred`, answered by the upload's sink
+    greenlets when its :class:`~zmeet.files.transfer.Upload` machine says so. A client's
+    FILE-ACKs keep the order of its FILE-DATA; FILE-SHARED comes once the content is written,
+    checked and stored.
 
     Raises :class:`sqlite3.Error` or OSError at construction if the data directory cannot be
     used.
@@ -252,9 +291,10 @@ class FilesService(Service):
 
     name = "files"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerCore) -> None:
         super().__init__(broker)
         data_dir = Path(broker.config.data_dir)
+        self.clock: Clock = broker.clock
         self.max_file_size = int(getattr(broker.config, "max_file_size",
                                          pf.DEFAULT_MAX_FILE_SIZE))
         self.blobs = data_dir / "blobs"
@@ -272,7 +312,7 @@ class FilesService(Service):
 
     # Service API ----------------------------------------------------------------------------
 
-    def handlers(self) -> dict[type, Callable[[ClientSession, Any], Any]]:
+    def handlers(self) -> dict[type, Handler]:
         return {
             pf.FilePut: self._put,
             pf.FileData: self._data,
@@ -296,8 +336,8 @@ class FilesService(Service):
             return
         self._next_expiry_s = now_s + EXPIRY_CHECK_S
         for up in list(self._by_sha.values()):
-            if (now_s - up.last_active > UPLOAD_IDLE_S and not up.writing
-                    and not up.catching_up):
+            if (now_s - up.last_active > UPLOAD_IDLE_S and not up.machine.waiting
+                    and not up.puts and (up.sink is None or up.sink.idle)):
                 self._forget(up)
         for dl in list(self.downloads.values()):
             if dl.credit <= 0 and now_s - dl.last_credit > DOWNLOAD_IDLE_S:
@@ -313,7 +353,7 @@ class FilesService(Service):
         for dl in list(self.downloads.values()):
             self._stop(dl)
         for up in list(self._by_sha.values()):  # what was acked reaches the partial first
-            if up.writing and not up.drained.wait(CLOSE_DRAIN_S):
+            if up.sink is not None and not up.sink.wait_drained(CLOSE_DRAIN_S):
                 log.warning("upload of %s: the queue was not written in time", up.name)
             self._forget(up)
         self.store.close()
@@ -325,7 +365,7 @@ class FilesService(Service):
         return self.blobs / sha256[:2] / sha256
 
     def _remove_old_partials(self) -> None:
-        cutoff = time.time() - PARTIAL_MAX_AGE_S
+        cutoff = self.clock.wall_s() - PARTIAL_MAX_AGE_S
         for path in self.partials.iterdir():
             try:
                 if path.is_file() and path.stat().st_mtime < cutoff:
@@ -339,38 +379,30 @@ class FilesService(Service):
             1 for dl in self.downloads.values() if dl.session.routing_id == session.routing_id
         )
 
-    def _close_fd(self, up: _Upload) -> None:
-        """Close ``up.fd`` now, or as soon as the threadpool write using it returns (closing
-        an fd another thread writes to could let a new file take its number)."""
-        if up.busy or up.writing:
-            up.close_wanted = True
-            return
-        if up.fd is not None:
-            try:
-                os.close(up.fd)
-            except OSError:
-                pass
-            up.fd = None
-        up.close_wanted = False
-
     def _release(self, up: _Upload) -> None:
-        """Its session is gone or cancelled: keep the state (and the hash so far) for a
-        resume, close the file."""
+        """Its session is gone or cancelled: keep the upload (and the hash so far) for a
+        resume, answer what its machine held back, close the file once the queue is written."""
         self.uploads.pop(up.upload_id, None)
         up.owner = None
         up.upload_id = ""
-        self._close_fd(up)
+        self._run(up, up.machine.release())
+        if up.sink is not None:
+            up.sink.close()
 
     def _forget(self, up: _Upload, *, delete: bool = False) -> None:
         self._release(up)
         if self._by_sha.get(up.sha256) is up:
             del self._by_sha[up.sha256]
-        up.broken = True  # a catch-up still running stops
-        if delete and not up.complete:
-            try:
-                up.path.unlink()
-            except FileNotFoundError:
-                pass
+        for answer, _ in up.puts:
+            answer.refuse(p.ErrorCode.INTERNAL_ERROR, "the upload was dropped: send FILE-PUT again")
+        up.puts.clear()
+        if up.sink is not None:
+            up.sink.stop()  # a catch-up still running stops
+            if delete:
+                try:
+                    up.sink.path.unlink()
+                except FileNotFoundError:
+                    pass
 
     def _stop(self, dl: _Download) -> None:
         dl.stopped = True
@@ -382,51 +414,89 @@ class FilesService(Service):
 
     # upload ---------------------------------------------------------------------------------
 
-    def _put(self, session: ClientSession, req: pf.FilePut) -> pf.FileReady:
+    def _put(self, session: ClientSession, req: pf.FilePut) -> p.Reply | Deferred:
         self._check_put(session, req)
         if self._transfers_of(session) >= MAX_TRANSFERS_PER_SESSION:
-            raise ChatError(p.ErrorCode.TOO_MANY,
-                            f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
+            raise Refused(p.ErrorCode.TOO_MANY,
+                          f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         up = self._by_sha.get(req.sha256)
         if up is not None and up.size != req.size:  # same hash, other size: one of them lies
             self._forget(up, delete=True)
             up = None
         if up is not None and up.owner is not None and up.owner != session.routing_id:
             owner_alive = up.owner in self.broker.sessions
-            idle_s = time.monotonic() - up.last_active
+            idle_s = self.clock.monotonic_s() - up.last_active
             if owner_alive and idle_s < UPLOAD_TAKEOVER_IDLE_S:
-                raise ChatError(p.ErrorCode.TOO_MANY,
-                                "the same content is being uploaded by another client; "
-                                "try again shortly")
+                raise Refused(p.ErrorCode.TOO_MANY,
+                              "the same content is being uploaded by another client; "
+                              "try again shortly")
             log.info("upload of %s taken over by %s", req.sha256[:12], session.nick)
-        if up is not None:
-            self._release(up)
-            self._drain(up)
-            if up.broken or up.error:
-                self._forget(up, delete=True)
-                up = None
+        answer = _Answer(session, req)
         if up is None:
-            up = self._open_upload(req.sha256, req.size)
-        else:
-            self._ensure_fd(up)
+            self._ready(answer, req, self._open_upload(req.sha256, req.size))
+        else:  # FILE-READY once the previous owner's chunks are written (at once if they are)
+            self._release(up)
+            up.puts.append((answer, req))
+            if up.sink is None or not up.sink.writing:
+                self._go_on_puts(up)
+        return answer.settle(self.broker)
+
+    def _go_on_puts(self, up: _Upload) -> None:
+        """The FILE-PUTs waiting for ``up``'s queue to be written get their FILE-READY, as if
+        they had come one after the other (the last one holds the upload)."""
+        puts, up.puts = up.puts, []
+        for answer, req in puts:
+            if self.broker.sessions.get(answer.session.routing_id) is not answer.session:
+                continue  # that session ended meanwhile
+            try:
+                current = self._by_sha.get(req.sha256)
+                if current is not None and current.size != req.size:
+                    self._forget(current, delete=True)
+                    current = None
+                if current is not None:
+                    if current.owner is not None:
+                        self._release(current)
+                    if current.sink is not None and current.sink.writing:
+                        current.puts.append((answer, req))  # its on_drained goes on
+                        continue
+                    if current.machine.state is UploadState.FAILED or (
+                            current.sink is not None and current.sink.error):
+                        self._forget(current, delete=True)
+                        current = None
+                if current is None:
+                    current = self._open_upload(req.sha256, req.size)
+                else:
+                    self._reopen(current)
+                self._ready(answer, req, current)
+            except Refused as exc:
+                answer.refuse(exc.code, exc.reason)
+
+    def _ready(self, answer: _Answer, req: pf.FilePut, up: _Upload) -> None:
+        """Give ``up`` to ``answer``'s session with a new machine; reply FILE-READY."""
+        session = answer.session
         up.upload_id = secrets.token_hex(8)
         up.owner = session.routing_id
-        up.nick, up.room, up.to, up.name = session.nick, req.room, req.to, req.name
-        up.last_active = time.monotonic()
+        up.room, up.to, up.name = req.room, req.to, req.name
+        up.last_active = self.clock.monotonic_s()
+        if up.sink is not None:
+            up.machine = Upload(up.size, up.sha256, received=up.sink.written,
+                                hashed=min(up.sink.hashed, up.sink.written),
+                                queue_chunks=WRITE_QUEUE_CHUNKS, window=UPLOAD_WINDOW)
         self.uploads[up.upload_id] = up
+        offset = up.machine.accepted
         log.info("%s %s %s (%s) from offset %d", session.nick,
-                 "resumes" if up.received and not up.complete else "uploads",
-                 req.name, format_size(req.size), up.received)
-        return pf.FileReady(req_id=req.req_id, upload=up.upload_id, offset=up.received,
-                            chunk_bytes=CHUNK_BYTES, window=UPLOAD_WINDOW)
+                 "resumes" if offset and up.sink is not None else "uploads",
+                 req.name, format_size(req.size), offset)
+        answer.send(pf.FileReady(req_id=req.req_id, upload=up.upload_id, offset=offset,
+                                 chunk_bytes=CHUNK_BYTES, window=UPLOAD_WINDOW))
 
     def _check_put(self, session: ClientSession, req: pf.FilePut) -> None:
         if not is_sha256(req.sha256):
-            raise ChatError(p.ErrorCode.INVALID_NAME, "sha256 must be 64 lower-case hex digits")
+            raise Refused(p.ErrorCode.INVALID_NAME, "sha256 must be 64 lower-case hex digits")
         if req.size < 0:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "size must be 0 or more")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "size must be 0 or more")
         if req.size > self.max_file_size:
-            raise ChatError(
+            raise Refused(
                 p.ErrorCode.MESSAGE_TOO_LARGE,
                 f"{req.name[:80]!r} is {format_size(req.size)}; this broker takes files up to "
                 f"{format_size(self.max_file_size)} (--max-file-size)",
@@ -434,20 +504,20 @@ class FilesService(Service):
         try:
             name_bytes = len(req.name.encode("utf-8"))
         except UnicodeEncodeError:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "name is not valid Unicode") from None
+            raise Refused(p.ErrorCode.BAD_REQUEST, "name is not valid Unicode") from None
         if not req.name.strip("/\\ ") or "\x00" in req.name:
-            raise ChatError(p.ErrorCode.INVALID_NAME, "a file needs a name (and no NUL in it)")
+            raise Refused(p.ErrorCode.INVALID_NAME, "a file needs a name (and no NUL in it)")
         if name_bytes > pf.MAX_FILE_NAME_BYTES:
-            raise ChatError(p.ErrorCode.MESSAGE_TOO_LARGE,
-                            f"name is {name_bytes} bytes; the limit is {pf.MAX_FILE_NAME_BYTES}")
+            raise Refused(p.ErrorCode.MESSAGE_TOO_LARGE,
+                          f"name is {name_bytes} bytes; the limit is {pf.MAX_FILE_NAME_BYTES}")
         if bool(req.room) == bool(req.to):
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "give a room or a nick to send to (one)")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "give a room or a nick to send to (one)")
         rooms = self.broker.rooms
         assert rooms is not None
         if req.room:
             check_room(req.room)
             if not rooms.is_member(req.room, session.nick):
-                raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
+                raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
         else:
             check_nick(req.to)
             if self.broker.session_of(req.to) is None:
@@ -457,63 +527,44 @@ class FilesService(Service):
         blob = self.blob_path(sha256)
         try:
             if blob.stat().st_size == size:
-                up = _Upload(sha256, size, blob, complete=True, received=size, queued=size,
-                             hashed=size)
-                up.caught_up.set()
+                up = _Upload(sha256, size, None, Upload(size, sha256, received=size,
+                                                        stored=True))
                 self._by_sha[sha256] = up
                 return up
         except FileNotFoundError:
             pass
-        path = self.partials / sha256
-        up = _Upload(sha256, size, path)
-        self._ensure_fd(up)
+        sink = FileSink(self.partials / sha256, mode=0o600, pool=self._pool,
+                        max_chunks=WRITE_QUEUE_CHUNKS + UPLOAD_WINDOW,
+                        catch_up_bytes=CATCH_UP_BYTES)
+        up = _Upload(sha256, size, sink, Upload(size, sha256))
+        sink.on_written = lambda end: self._run(up, up.machine.handle(Written(end)))
+        sink.on_hashed = lambda end: self._run(up, up.machine.handle(Hashed(end)))
+        sink.on_error = lambda where, exc: self._on_sink_error(up, where, exc)
+        sink.on_drained = lambda: self._go_on_puts(up) if up.puts else None
+        self._reopen(up)
         self._by_sha[sha256] = up
         return up
 
-    def _ensure_fd(self, up: _Upload) -> None:
-        if up.complete or up.fd is not None:
+    def _reopen(self, up: _Upload) -> None:
+        """Open ``up``'s partial again and go on from its length (from 0 if it is longer than
+        the upload, or shorter than what was written: not ours, or cut short under us); start
+        hashing what the hash has not had. Raises Refused 500 if it cannot be opened."""
+        sink = up.sink
+        if sink is None:
             return
         try:
-            up.fd = os.open(up.path, os.O_RDWR | os.O_CREAT, 0o600)
-            have = os.fstat(up.fd).st_size
-            if have > up.size or have < up.received:  # not ours, or cut short under us
-                os.ftruncate(up.fd, 0)
-                have = 0
-                up.hasher, up.hashed = hashlib.sha256(), 0
-        except OSError as exc:
-            log.error("cannot open %s: %s", up.path, exc)
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR,
-                            "the broker cannot store files now") from None
-        up.received = up.queued = have
-        if up.hashed > up.received:
-            up.hasher, up.hashed = hashlib.sha256(), 0
-        if up.hashed < up.received:
-            self._start_catch_up(up)
-        else:
-            up.caught_up.set()
+            have = sink.open()
+            sink.truncate(0 if have > up.size or have < sink.written else have)
+        except (OSError, ValueError) as exc:  # ValueError: cut short under a running catch-up
+            log.error("cannot open %s: %s", sink.path, exc)
+            raise Refused(p.ErrorCode.INTERNAL_ERROR,
+                          "the broker cannot store files now") from None
+        sink.catch_up()
 
-    def _start_catch_up(self, up: _Upload) -> None:
-        if not up.catching_up:
-            up.catching_up = True
-            up.caught_up.clear()
-            gevent.spawn(self._catch_up, up)
-
-    def _catch_up(self, up: _Upload) -> None:
-        """Hash what is on disk but not yet hashed (a partial found after a restart), in the
-        threadpool, while new chunks go on being written."""
-        try:
-            while up.hashed < up.received and not up.broken:
-                want = min(CATCH_UP_BYTES, up.received - up.hashed)
-                got = self._pool.apply(hash_range, (up.hasher, up.path, up.hashed, want))
-                if got != want:
-                    raise OSError(f"the partial is shorter than {up.hashed + want}")
-                up.hashed += got
-        except OSError as exc:
-            log.warning("could not hash partial %s: %s", up.path.name, exc)
-            up.broken = True
-        finally:
-            up.catching_up = False
-            up.caught_up.set()
+    def _on_sink_error(self, up: _Upload, where: str, exc: OSError) -> None:
+        reason = str(exc.strerror or exc)
+        event = WriteFailed(reason) if where == "write" else HashFailed(reason)
+        self._run(up, up.machine.handle(event))
 
     def _upload_of(self, session: ClientSession, upload_id: str) -> _Upload:
         up = self.uploads.get(upload_id)
@@ -521,134 +572,81 @@ class FilesService(Service):
             raise _not_found(f"no upload {upload_id[:20]!r}: send FILE-PUT again")
         return up
 
-    def _data(self, session: ClientSession, req: pf.FileData) -> pf.FileAck:
-        """Accept a chunk in order and queue it for the upload's writer greenlet, so the control
-        loop never waits for the disk; it waits only when WRITE_QUEUE_CHUNKS are queued (a
-        disk slower than the network), which bounds the memory an upload holds."""
+    def _run(self, up: _Upload, effects: list[Any], data: Any = None) -> None:
+        """Carry out the effects of ``up``'s machine, in order."""
+        for effect in effects:
+            if isinstance(effect, Ack):
+                effect.token.send(pf.FileAck(req_id=effect.token.request.req_id,
+                                             upload=effect.token.request.upload,
+                                             received=effect.received))
+            elif isinstance(effect, Write):
+                assert up.sink is not None and data is not None
+                up.sink.put(effect.offset, data)
+                self.counters["chunks_in"] += 1
+            elif isinstance(effect, Refuse):
+                effect.token.refuse(effect.code, effect.reason)
+            elif isinstance(effect, CatchUp):
+                if up.sink is not None:
+                    up.sink.catch_up()
+            elif isinstance(effect, Verify):
+                assert up.sink is not None
+                self._run(up, up.machine.handle(Verified(up.sink.hexdigest())))
+            elif isinstance(effect, Share):
+                self._share(up, effect.token)
+            elif isinstance(effect, Discard):
+                self._forget(up, delete=True)
+                self.counters["rejected"] += 1
+                log.warning("upload of %r does not match its sha256 or was lost: dropped",
+                            up.name)
+
+    def _data(self, session: ClientSession, req: pf.FileData) -> p.Reply | Deferred:
+        """Accept a chunk in order for the upload's sink (its writer greenlet writes it): the
+        FILE-ACK goes at once while the write queue has room, else once the disk catches up
+        (a Deferred), which bounds the memory an upload holds."""
         up = self._upload_of(session, req.upload)
-        n = len(req.data)
-        if up.error:
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR, up.error)
-        if up.broken:
-            self._forget(up, delete=True)
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "the partial upload was lost: start again")
-        if n == 0:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "empty chunk")
-        if req.offset != up.queued:
-            raise ChatError(p.ErrorCode.BAD_REQUEST,
-                            f"chunk at offset {req.offset}, expected {up.queued}")
-        if req.offset + n > up.size:
-            raise ChatError(p.ErrorCode.BAD_REQUEST,
-                            f"chunk ends at {req.offset + n}, past the size {up.size}")
-        while len(up.pending) >= WRITE_QUEUE_CHUNKS and not up.error:
-            up.room_to_queue.clear()
-            up.room_to_queue.wait()
-        if up.error:
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR, up.error)
-        self._ensure_fd(up)
-        up.pending.append((req.offset, req.data))
-        up.queued += n
-        if not up.writing:
-            up.writing = True
-            up.drained.clear()
-            gevent.spawn(self._write_queue, up)
-        up.last_active = time.monotonic()
-        self.counters["chunks_in"] += 1
-        return pf.FileAck(req_id=req.req_id, upload=req.upload, received=up.queued)
+        answer = _Answer(session, req)
+        self._run(up, up.machine.handle(DataReceived(answer, req.offset, len(req.data))),
+                  req.data)
+        up.last_active = self.clock.monotonic_s()
+        return answer.settle(self.broker)
 
-    def _write_queue(self, up: _Upload) -> None:
-        """Write (and hash, when in order with the hash) what ``up`` has queued, a few chunks
-        per threadpool job, until the queue is empty."""
-        try:
-            while up.pending and not up.error:
-                batch = list(up.pending)
-                up.pending.clear()
-                up.room_to_queue.set()
-                first = batch[0][0]
-                end = batch[-1][0] + len(batch[-1][1])
-                inline = up.hashed == first and not up.catching_up
-                up.busy = True
-                try:  # writing and hashing in two pool threads at once: both release the GIL
-                    writing = self._pool.spawn(_write_batch, up.fd, batch, None)
-                    hashing = self._pool.spawn(_hash_batch, up.hasher, batch) if inline else None
-                    try:
-                        writing.get()
-                    finally:
-                        if hashing is not None:
-                            hashing.get()
-                except OSError as exc:
-                    log.error("cannot write %s: %s", up.path, exc)
-                    up.error = f"the broker could not store the file: {exc.strerror or exc}"
-                    up.queued = up.received
-                    up.pending.clear()
-                    up.hasher, up.hashed = hashlib.sha256(), 0  # a resume hashes the partial again
-                    break
-                finally:
-                    up.busy = False
-                up.received = end
-                if inline:
-                    up.hashed = end
-                else:
-                    self._start_catch_up(up)
-        finally:
-            up.writing = False
-            up.room_to_queue.set()
-            up.drained.set()
-            if up.close_wanted:
-                self._close_fd(up)
-
-    def _drain(self, up: _Upload) -> None:
-        """Wait until everything ``up`` accepted is written (control greenlet: FILE-PUT after
-        a takeover, FILE-DONE; a few chunks at most)."""
-        if up.writing:
-            up.drained.wait()
-
-    def _done(self, session: ClientSession, req: pf.FileDone) -> pf.FileShared:
+    def _done(self, session: ClientSession, req: pf.FileDone) -> p.Reply | Deferred:
+        """FILE-SHARED once every chunk is written and the hash (a resumed upload's catch-up
+        included) matches: at once, or from the sink's greenlet (a Deferred)."""
         up = self._upload_of(session, req.upload)
-        self._drain(up)
-        if up.error:
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR, up.error)
-        if up.received < up.size:
-            raise ChatError(p.ErrorCode.BAD_REQUEST,
-                            f"{up.received} of {up.size} octets received: send the rest first")
         rooms = self.broker.rooms
         assert rooms is not None
         if up.room and not rooms.is_member(up.room, session.nick):
-            raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {up.room!r} first")
-        if not up.complete:
-            if up.hashed < up.received and not up.catching_up and not up.broken:
-                self._start_catch_up(up)
-            up.caught_up.wait()  # only a resumed upload's catch-up can still be running
-            digest = up.hasher.hexdigest() if not up.broken else ""
-            if digest != up.sha256:
-                self._forget(up, delete=True)
-                self.counters["rejected"] += 1
-                log.warning("upload of %r by %s does not match its sha256: dropped",
-                            up.name, session.nick)
-                raise ChatError(
-                    p.ErrorCode.BAD_REQUEST,
-                    f"the data received does not match sha256 {up.sha256[:16]}...: nothing "
-                    "was stored; upload it again",
-                )
-            self._close_fd(up)
+            raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {up.room!r} first")
+        answer = _Answer(session, req)
+        self._run(up, up.machine.handle(DoneAsked(answer)))
+        return answer.settle(self.broker)
+
+    def _share(self, up: _Upload, answer: _Answer) -> None:
+        """The content is whole and matches: move the partial to its blob, record it,
+        announce it, reply FILE-SHARED."""
+        session = answer.session
+        if up.sink is not None:
+            up.sink.close()
             blob = self.blob_path(up.sha256)
             try:
                 blob.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(up.path, blob)
+                os.replace(up.sink.path, blob)
             except OSError as exc:
                 log.error("cannot store blob %s: %s", blob, exc)
-                raise ChatError(p.ErrorCode.INTERNAL_ERROR,
-                                "the broker could not store the file") from None
+                self._forget(up)
+                answer.refuse(p.ErrorCode.INTERNAL_ERROR, "the broker could not store the file")
+                return
         info = pf.FileInfo(id=self.store.new_id(), name=up.name, size=up.size,
                            sha256=up.sha256, sender=session.nick, room=up.room, to=up.to,
-                           ts_ms=int(time.time() * 1000))
+                           ts_ms=self.clock.wall_ms())
         self.store.add(info)
         self._forget(up)
         self.counters["uploaded"] += 1
         self._announce(session, info)
         log.info("%s shared %r (%s) as %s", session.nick, info.name, format_size(info.size),
                  info.id)
-        return pf.FileShared(req_id=req.req_id, file=info)
+        answer.send(pf.FileShared(req_id=answer.request.req_id, file=info))
 
     def _announce(self, session: ClientSession, info: pf.FileInfo) -> None:
         broker = self.broker
@@ -672,18 +670,18 @@ class FilesService(Service):
         if info is None or not self._may_see(info, session.nick):
             raise _not_found(f"no file {req.id[:20]!r}")
         if not 0 <= req.offset <= info.size:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, f"offset must be 0 to {info.size}")
+            raise Refused(p.ErrorCode.BAD_REQUEST, f"offset must be 0 to {info.size}")
         if req.credit < 1:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
         if self._transfers_of(session) >= MAX_TRANSFERS_PER_SESSION:
-            raise ChatError(p.ErrorCode.TOO_MANY,
-                            f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
+            raise Refused(p.ErrorCode.TOO_MANY,
+                          f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         blob = self.blob_path(info.sha256)
         if not blob.is_file():
             log.error("file %s: blob %s is missing", info.id, blob)
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR, "the broker lost this file's content")
+            raise Refused(p.ErrorCode.INTERNAL_ERROR, "the broker lost this file's content")
         dl = _Download(secrets.token_hex(8), session, info, blob, req.offset,
-                       min(req.credit, MAX_CREDIT))
+                       min(req.credit, MAX_CREDIT), last_credit=self.clock.monotonic_s())
         self.downloads[dl.download_id] = dl
         self.counters["downloads"] += 1
         if req.offset < info.size:
@@ -734,11 +732,11 @@ class FilesService(Service):
 
     def _credit(self, session: ClientSession, req: pf.FileCredit) -> p.Ok:
         if req.credit < 1:
-            raise ChatError(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
+            raise Refused(p.ErrorCode.BAD_REQUEST, "credit must be 1 or more")
         dl = self.downloads.get(req.download)
         if dl is not None and dl.session.routing_id == session.routing_id:
             dl.credit = min(dl.credit + req.credit, MAX_CREDIT)
-            dl.last_credit = time.monotonic()
+            dl.last_credit = self.clock.monotonic_s()
             dl.wake.set()
         return p.Ok(req_id=req.req_id)
 
@@ -753,7 +751,7 @@ class FilesService(Service):
 
     def _list(self, session: ClientSession, req: pf.FileList) -> pf.FileListed:
         if not 1 <= req.limit <= pf.MAX_FILE_LIST:
-            raise ChatError(p.ErrorCode.TOO_MANY, f"limit must be 1 to {pf.MAX_FILE_LIST}")
+            raise Refused(p.ErrorCode.TOO_MANY, f"limit must be 1 to {pf.MAX_FILE_LIST}")
         if req.room:
             check_room(req.room)
             files = self.store.in_room(req.room, req.limit)

@@ -30,15 +30,14 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import gevent
 import gevent.queue
 
 from .. import protocol as p
-from ..errors import BrokerUnavailable, RemoteProtocolError, RequestRefused
+from ..errors import BrokerUnavailable, Refused, RemoteProtocolError
 from ..files import (
-    DownloadCredit,
     FileMissing,
     FileTooLarge,
     FileUnreadable,
@@ -53,8 +52,33 @@ from ..files import (
     part_path,
     rejected_path,
 )
-from ..files.hashing import hash_range, read_exact, write_and_hash
+from ..files.hashing import hash_range, read_exact
 from ..files.parts import tidy
+from ..files.sink import FileSink
+from ..files.transfer import (
+    Aborted,
+    Ask,
+    Cancel,
+    CatchUp,
+    ChunkReceived,
+    Deliver,
+    Download,
+    DownloadState,
+    Fail,
+    GiveCredit,
+    Hashed,
+    HashFailed,
+    Reject,
+    Restart,
+    Stalled,
+    StreamOpened,
+    StreamRefused,
+    Verified,
+    Verify,
+    Write,
+    WriteFailed,
+    Written,
+)
 from ..protocol import files as pf
 from .session import Session
 
@@ -118,24 +142,19 @@ def _event(kind: str, direction: str, name: str, progress: Progress, **extra: An
                          eta_s=progress.eta_s, elapsed_s=progress.elapsed_s, **extra)
 
 
-class _Receiving:
-    def __init__(self) -> None:
-        self.queue: gevent.queue.Queue = gevent.queue.Queue()
-
-
 class FileClient:
     """File transfers over ``session`` (connected). ``chunk_timeout_s`` bounds the wait for
     each download chunk (default: twice the session's request timeout, at least 10 s).
 
     Every method raises :class:`~zmeet.errors.BrokerUnavailable` when the broker does not
-    answer and :class:`~zmeet.errors.RequestRefused` for an ERROR reply, besides the
+    answer and :class:`~zmeet.errors.Refused` for an ERROR reply, besides the
     :mod:`zmeet.files` errors each one names.
     """
 
     def __init__(self, session: Session, *, chunk_timeout_s: float | None = None) -> None:
         self.session = session
         self.chunk_timeout_s = chunk_timeout_s or max(MIN_CHUNK_TIMEOUT_S, 2 * session.timeout_s)
-        self._receiving: dict[str, _Receiving] = {}
+        self._receiving: dict[str, gevent.queue.Queue] = {}  # by download id: its events
         self._early: OrderedDict[str, list[p.Message]] = OrderedDict()
         self._early_count = 0
         self._finished: deque[str] = deque(maxlen=FINISHED_REMEMBERED)
@@ -151,7 +170,7 @@ class FileClient:
             return False
         receiving = self._receiving.get(item.download)
         if receiving is not None:
-            receiving.queue.put(item)
+            receiving.put(item)
             return True
         if item.download in self._finished:
             return True  # a late chunk of a download that ended or was cancelled
@@ -181,12 +200,18 @@ class FileClient:
             self._pump.kill()
             self._pump = None
 
-    def _register(self, download_id: str) -> _Receiving:
-        receiving = self._receiving[download_id] = _Receiving()
+    def _register(self, download_id: str, events: gevent.queue.Queue) -> None:
+        """FILE-CHUNK and FILE-ABORT of ``download_id`` go to ``events`` (those that came
+        before its FILE-STREAM was read first)."""
+        self._receiving[download_id] = events
         for item in self._early.pop(download_id, ()):
             self._early_count -= 1
-            receiving.queue.put(item)
-        return receiving
+            events.put(item)
+
+    def _unregister(self, download_id: str) -> None:
+        """Late items of ``download_id`` are dropped from now on."""
+        if self._receiving.pop(download_id, None) is not None:
+            self._finished.append(download_id)
 
     @property
     def max_file_size(self) -> int | None:
@@ -222,7 +247,7 @@ class FileClient:
         the octets the broker already has. Raises :class:`~zmeet.files.FileMissing` ("File
         doesn't exist") or :class:`~zmeet.files.FileUnreadable` before anything is sent,
         :class:`~zmeet.files.FileTooLarge` if the broker's ``max_file_size`` is smaller (told
-        in WELCOME: no octet is sent), RequestRefused for a broker that refuses (FILE-PUT's
+        in WELCOME: no octet is sent), Refused for a broker that refuses (FILE-PUT's
         errors), BrokerUnavailable if it stops answering (run it again to resume).
         """
         path = Path(path)
@@ -247,7 +272,7 @@ class FileClient:
             try:
                 ready = self.session.request(pf.FilePut, room=room, to=to, name=name,
                                              size=size, sha256=sha256)
-            except RequestRefused as exc:
+            except Refused as exc:
                 if exc.code == p.ErrorCode.MESSAGE_TOO_LARGE:
                     raise FileTooLarge(exc.reason) from None
                 raise
@@ -297,7 +322,7 @@ class FileClient:
         in_flight: deque[gevent.Greenlet] = deque()
 
         def settle_oldest() -> None:
-            ack = in_flight.popleft().get()  # re-raises BrokerUnavailable, RequestRefused
+            ack = in_flight.popleft().get()  # re-raises BrokerUnavailable, Refused
             assert isinstance(ack, pf.FileAck)
             window.acked(ack.received)
             progress.update(window.confirmed)
@@ -352,21 +377,22 @@ class FileClient:
         Goes on from ``folder/.zmeet-partial/<id>.part`` if an earlier try was cut off.
         Raises :class:`~zmeet.files.IntegrityError` if the whole file does not match its
         SHA-256 (the part is set aside, nothing delivered), :class:`~zmeet.files.TransferFailed`
-        if the broker stops sending (run it again to resume), RequestRefused (404: no such
+        if the broker stops sending (run it again to resume), Refused (404: no such
         file), OSError if the folder cannot be written.
         """
         folder = Path(folder)
         try:
             part = part_path(folder, file_id)
         except ValueError:
-            raise RequestRefused(pf.NOT_FOUND, f"no file {file_id[:20]!r}") from None
+            raise Refused(pf.NOT_FOUND, f"no file {file_id[:20]!r}") from None
         part.parent.mkdir(parents=True, exist_ok=True)
-        sink = _PartSink(part, self._pool)
+        target = _PartTarget(part, self._pool, credit)
         try:
-            info, progress = self._receive(file_id, sink, on_progress, limit_rate_bps, credit)
+            info, progress, matched = self._receive(file_id, target, on_progress,
+                                                    limit_rate_bps, credit)
         finally:
-            sink.close()
-        if sink.hasher.hexdigest() != info.sha256:
+            target.close()
+        if not matched:
             rejected = rejected_path(part)
             os.replace(part, rejected)
             raise IntegrityError(
@@ -383,192 +409,256 @@ class FileClient:
         """File ``file_id`` in memory (a preview): its record and content, checked against
         its SHA-256. Raises :class:`~zmeet.files.FileTooLarge` for a file over ``max_bytes``
         (nothing is fetched), :class:`~zmeet.files.IntegrityError` on a mismatch."""
-        sink = _MemorySink(max_bytes)
-        info, _ = self._receive(file_id, sink, None, None, pf.DOWNLOAD_CREDIT)
-        data = bytes(sink.data)
-        if hashlib.sha256(data).hexdigest() != info.sha256:
+        target = _MemoryTarget(max_bytes)
+        info, _, matched = self._receive(file_id, target, None, None, pf.DOWNLOAD_CREDIT)
+        data = bytes(target.data)
+        if not matched or hashlib.sha256(data).hexdigest() != info.sha256:
             raise IntegrityError(f"{info.name}: the data received does not match its sha256")
         return info, data
 
-    def _receive(self, file_id: str, sink: _Sink, on_progress: ProgressCallback | None,
-                 limit_rate_bps: float | None, credit_chunks: int) -> tuple[pf.FileInfo, Progress]:
-        """FILE-GET ``file_id`` from ``sink``'s offset and write every chunk to ``sink``; ask
-        again from where it is after a stall or a gap, DOWNLOAD_ATTEMPTS times at most."""
+    def _receive(self, file_id: str, target: _Target, on_progress: ProgressCallback | None,
+                 limit_rate_bps: float | None,
+                 credit_chunks: int) -> tuple[pf.FileInfo, Progress, bool]:
+        """Drive a :class:`~zmeet.files.transfer.Download` machine: FILE-GET ``file_id`` from
+        ``target``'s length, chunks to ``target`` (written and hashed in the threadpool),
+        credit back as they are written, asked again from where it is after a stall or a gap.
+        Returns the record, the progress and whether the SHA-256 matched."""
         limiter = (RateLimiter(limit_rate_bps, burst=pf.MAX_FILE_CHUNK_BYTES, clock=time.monotonic)
                    if limit_rate_bps else None)
+        events: gevent.queue.Queue = gevent.queue.Queue()
+        target.listen(events.put)
+        machine = Download(target.have, credit=credit_chunks, attempts=DOWNLOAD_ATTEMPTS)
         progress: Progress | None = None
         info: pf.FileInfo | None = None
-        last_error = ""
-        for _attempt in range(DOWNLOAD_ATTEMPTS):
-            offset = sink.offset
-            try:
-                stream = self.session.request(pf.FileGet, id=file_id, offset=offset,
-                                              credit=credit_chunks)
-            except RequestRefused as exc:
-                if exc.code == p.ErrorCode.BAD_REQUEST and offset > 0:
-                    sink.restart()  # our part is longer than the file: not this file's
-                    continue
-                raise
-            assert isinstance(stream, pf.FileStream)
-            info = stream.file
-            if info.id != file_id or stream.offset != offset:
-                raise RemoteProtocolError(f"FILE-STREAM makes no sense: {stream!r}")
-            try:
-                sink.begin(info)
-            except BaseException:
-                gevent.spawn(self._cancel_quietly, stream.download)
-                raise
-            if progress is None:
-                progress = Progress(info.size, start=offset, clock=time.monotonic)
-                if on_progress is not None:
-                    on_progress(_event("start", "down", info.name, progress))
-            receiving = self._register(stream.download)
-            credit = DownloadCredit(credit_chunks, offset, info.size)
-            try:
-                while not credit.done:
-                    try:
-                        batch = [receiving.queue.get(timeout=self.chunk_timeout_s)]
-                    except gevent.queue.Empty:
-                        last_error = f"no data from the broker for {self.chunk_timeout_s:g} s"
-                        break
-                    while len(batch) < WRITE_BATCH_CHUNKS and receiving.queue.qsize():
-                        batch.append(receiving.queue.get_nowait())
-                    good: list[tuple[int, bytes]] = []
-                    grant, abort, gap = 0, None, False
-                    for item in batch:
-                        if isinstance(item, pf.FileAbort):
-                            abort = TransferFailed(f"{info.name}: {item.reason}")
-                            break
+        streams: list[str] = []
+        todo: deque[Any] = deque(machine.start())
+        chunk: Any = None  # the FILE-CHUNK whose Write effect is being carried out
+        reported = target.have
+        try:
+            while True:
+                while todo:
+                    effect = todo.popleft()
+                    if isinstance(effect, Ask):
                         try:
-                            credit.check(item.offset, len(item.data))
-                        except RemoteProtocolError as exc:  # a chunk was lost: ask again
-                            last_error, gap = str(exc), True
-                            break
-                        good.append((item.offset, item.data))
-                        grant += credit.written(len(item.data))
-                    if good:
-                        sink.write_many(good)  # one threadpool job for what was waiting
-                        progress.update(credit.offset)
-                        if on_progress is not None:
-                            on_progress(_event("progress", "down", info.name, progress))
-                    if abort is not None:
-                        raise abort
-                    if gap:
-                        break
+                            stream = self.session.request(pf.FileGet, id=file_id,
+                                                          offset=effect.offset,
+                                                          credit=credit_chunks)
+                        except Refused as exc:
+                            todo.extend(machine.handle(StreamRefused(exc.code, exc.reason)))
+                            continue
+                        assert isinstance(stream, pf.FileStream)
+                        if stream.file.id != file_id:
+                            raise RemoteProtocolError(f"FILE-STREAM makes no sense: {stream!r}")
+                        info = stream.file
+                        machine.expected_sha256 = info.sha256
+                        streams.append(stream.download)
+                        self._register(stream.download, events)
+                        target.begin(info)
+                        todo.extend(machine.handle(StreamOpened(stream.download, info.size,
+                                                                stream.offset)))
+                        if progress is None:
+                            progress = Progress(info.size, start=effect.offset,
+                                                clock=time.monotonic)
+                            if on_progress is not None:
+                                on_progress(_event("start", "down", info.name, progress))
+                    elif isinstance(effect, Write):
+                        target.put(effect.offset, chunk.data)
+                    elif isinstance(effect, GiveCredit):
+                        gevent.spawn(self._give_credit, effect.download, effect.credit)
+                    elif isinstance(effect, Cancel):
+                        self._unregister(effect.download)
+                        gevent.spawn(self._cancel_quietly, effect.download)
+                    elif isinstance(effect, Restart):
+                        target.restart()
+                        reported = 0
+                    elif isinstance(effect, CatchUp):
+                        target.catch_up()
+                    elif isinstance(effect, Verify):
+                        todo.extend(machine.handle(Verified(target.hexdigest())))
+                    elif isinstance(effect, Deliver | Reject):
+                        assert info is not None and progress is not None
+                        return info, progress, isinstance(effect, Deliver)
+                    elif isinstance(effect, Fail):
+                        self._fail(effect, info, file_id, target)
+                try:
+                    item = events.get(timeout=self.chunk_timeout_s)
+                except gevent.queue.Empty:
+                    todo.extend(machine.handle(Stalled(
+                        f"no data from the broker for {self.chunk_timeout_s:g} s")))
+                    continue
+                if isinstance(item, pf.FileChunk):
+                    chunk = item
+                    todo.extend(machine.handle(ChunkReceived(item.download, item.offset,
+                                                             len(item.data))))
+                elif isinstance(item, pf.FileAbort):
+                    todo.extend(machine.handle(Aborted(item.download, item.reason)))
+                elif isinstance(item, Written):
                     if limiter is not None:
-                        delay_s = limiter.delay_s(sum(len(d) for _, d in good))
+                        delay_s = limiter.delay_s(max(0, item.end - reported))
                         if delay_s > 0:
                             gevent.sleep(delay_s)
-                    if grant:
-                        gevent.spawn(self._give_credit, stream.download, grant)
-            except BaseException:
-                gevent.spawn(self._cancel_quietly, stream.download)
-                raise
-            finally:
-                self._receiving.pop(stream.download, None)
-                self._finished.append(stream.download)
-            if credit.done:
-                return info, progress
-            log.info("download of %s: %s; asking again from %d", file_id, last_error,
-                     sink.offset)
-            gevent.spawn(self._cancel_quietly, stream.download)
+                    reported = item.end
+                    if progress is not None and info is not None:
+                        progress.update(item.end)
+                        if on_progress is not None:
+                            on_progress(_event("progress", "down", info.name, progress))
+                    todo.extend(machine.handle(item))
+                else:
+                    todo.extend(machine.handle(item))  # Hashed, WriteFailed, HashFailed
+        except BaseException:
+            if streams and machine.state not in (DownloadState.DONE, DownloadState.FAILED):
+                gevent.spawn(self._cancel_quietly, streams[-1])
+            raise
+        finally:
+            for download in streams:
+                self._unregister(download)
+
+    def _fail(self, fail: Fail, info: pf.FileInfo | None, file_id: str,
+              target: _Target) -> NoReturn:
+        """Raise what :class:`~zmeet.files.transfer.Fail` stands for."""
+        name = info.name if info else file_id
+        if fail.kind == "refused":
+            raise Refused(fail.code, fail.reason)
+        if fail.kind == "aborted":
+            raise TransferFailed(f"{name}: {fail.reason}")
+        if fail.kind == "io":
+            if target.error is not None:
+                raise target.error
+            raise OSError(fail.reason)
+        log.info("download of %s: %s; giving up", file_id, fail.reason)
         raise TransferFailed(
-            f"{info.name if info else file_id}: {last_error or 'the broker stopped sending'}; "
+            f"{name}: {fail.reason or 'the broker stopped sending'}; "
             "run the same command again to resume"
         )
 
     def _give_credit(self, download_id: str, credit: int) -> None:
         try:
             self.session.request(pf.FileCredit, download=download_id, credit=credit)
-        except (BrokerUnavailable, RequestRefused) as exc:
+        except (BrokerUnavailable, Refused) as exc:
             log.info("credit for %s not given: %s", download_id, exc)
 
     def _cancel_quietly(self, transfer_id: str) -> None:
         try:
             self.session.request(pf.FileCancel, id=transfer_id)
-        except (BrokerUnavailable, RequestRefused):
+        except (BrokerUnavailable, Refused):
             pass
 
 
-class _Sink:
-    offset: int
+class _Target:
+    """Where a download's chunks go: a part file (:class:`_PartTarget`) or memory."""
+
+    have: int = 0
+    error: OSError | None = None
+
+    def listen(self, put: Callable[[Any], None]) -> None:
+        """Events of the writes (Written, Hashed, WriteFailed, HashFailed) go to ``put``."""
 
     def begin(self, info: pf.FileInfo) -> None: ...
 
     def restart(self) -> None: ...
 
-    def write_many(self, chunks: list[tuple[int, bytes]]) -> None:
-        """Write ``(offset, data)`` chunks that follow each other from :attr:`offset`."""
+    def put(self, offset: int, data: Any) -> None: ...
+
+    def catch_up(self) -> None: ...
+
+    def hexdigest(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None: ...
 
 
-class _PartSink(_Sink):
-    """Writes a download to its part file in order, hashing as it goes (in the threadpool)."""
+class _PartTarget(_Target):
+    """A download's part file, written and hashed by a :class:`~zmeet.files.sink.FileSink`
+    (opened at the first FILE-STREAM: a refused download leaves no part behind)."""
 
-    def __init__(self, part: Path, pool: Any) -> None:
+    def __init__(self, part: Path, pool: Any, credit: int) -> None:
         self.part = part
         self.pool = pool
-        self.fd: int | None = None
-        self.hasher = hashlib.sha256()
-        self.offset = 0
+        self.max_chunks = max(credit, 1) + WRITE_BATCH_CHUNKS
+        self._put: Callable[[Any], None] | None = None
+        self.sink: FileSink | None = None
         try:
-            self.offset = part.stat().st_size
+            self.have = part.stat().st_size
         except FileNotFoundError:
-            pass
-        self._hashed_prefix = False
+            self.have = 0
+
+    def _open(self) -> FileSink:
+        sink = FileSink(self.part, mode=0o666, pool=self.pool, max_chunks=self.max_chunks,
+                        batch_chunks=WRITE_BATCH_CHUNKS, catch_up_bytes=HASH_STEP_BYTES,
+                        on_written=self._written, on_hashed=self._hashed, on_error=self._error)
+        sink.truncate(sink.open())  # umask applies to the mode
+        return sink
+
+    def _written(self, end: int) -> None:
+        if self._put is not None:
+            self._put(Written(end))
+
+    def _hashed(self, end: int) -> None:
+        if self._put is not None:
+            self._put(Hashed(end))
+
+    def _error(self, where: str, exc: OSError) -> None:
+        reason = str(exc.strerror or exc)
+        if self._put is not None:
+            self._put(WriteFailed(reason) if where == "write" else HashFailed(reason))
+
+    @property
+    def error(self) -> OSError | None:  # type: ignore[override]
+        return None if self.sink is None else self.sink.error
+
+    def listen(self, put: Callable[[Any], None]) -> None:
+        self._put = put
 
     def begin(self, info: pf.FileInfo) -> None:
-        if self.offset > info.size:
-            self.restart()
-        if self.fd is None:
-            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o666)  # umask applies
-        os.ftruncate(self.fd, self.offset)
-        if not self._hashed_prefix:
-            self._hashed_prefix = True
-            if self.offset:  # a resumed download: hash what the part already has
-                self.hasher = hashlib.sha256()
-                self.pool.apply(hash_range, (self.hasher, self.part, 0, self.offset))
+        if self.sink is None:
+            self.sink = self._open()
 
     def restart(self) -> None:
-        self.offset = 0
-        self.hasher = hashlib.sha256()
-        self._hashed_prefix = True
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-
-    def write_many(self, chunks: list[tuple[int, bytes]]) -> None:
-        """Write and hash ``chunks`` in two pool threads at once (both release the GIL): a
-        batch costs the longer of the two, not their sum. Raises OSError for a failed write
-        (the part is then out of step with the hash: the download fails)."""
-        assert self.fd is not None and chunks[0][0] == self.offset
-        writing = self.pool.spawn(self._write_all, self.fd, chunks)
-        hashing = self.pool.spawn(self._hash_all, self.hasher, chunks)
+        opened = self.sink is not None
+        self.close()
+        self.sink = None
+        self.have = 0
         try:
-            writing.get()
-        finally:
-            hashing.get()
-        self.offset = chunks[-1][0] + len(chunks[-1][1])
+            os.truncate(self.part, 0)
+        except FileNotFoundError:
+            pass
+        if opened:
+            self.sink = self._open()
 
-    @staticmethod
-    def _write_all(fd: int, chunks: list[tuple[int, bytes]]) -> None:
-        for offset, data in chunks:
-            write_and_hash(fd, data, offset, None)
+    def put(self, offset: int, data: Any) -> None:
+        """Queue a chunk (waiting for room, a few chunks at most: credit bounds them).
+        Raises OSError if an earlier write failed."""
+        assert self.sink is not None
+        if self.sink.error is not None:
+            raise self.sink.error
+        self.sink.wait_room(DONE_TIMEOUT_S)
+        self.sink.put(offset, data)
 
-    @staticmethod
-    def _hash_all(hasher: Any, chunks: list[tuple[int, bytes]]) -> None:
-        for _, data in chunks:
-            hasher.update(data)
+    def catch_up(self) -> None:
+        if self.sink is not None:
+            self.sink.catch_up()
+
+    def hexdigest(self) -> str:
+        assert self.sink is not None
+        return self.sink.hexdigest()
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """Stop (what is queued and not written is dropped: the part stays the prefix written
+        in order) and wait for the threadpool job under way."""
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink.wait_idle(DONE_TIMEOUT_S)
 
 
-class _MemorySink(_Sink):
+class _MemoryTarget(_Target):
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.data = bytearray()
-        self.offset = 0
+        self.hasher = hashlib.sha256()
+        self._put: Callable[[Any], None] = lambda event: None
+
+    def listen(self, put: Callable[[Any], None]) -> None:
+        self._put = put
 
     def begin(self, info: pf.FileInfo) -> None:
         if info.size > self.max_bytes:
@@ -577,9 +667,14 @@ class _MemorySink(_Sink):
 
     def restart(self) -> None:
         self.data.clear()
-        self.offset = 0
+        self.hasher = hashlib.sha256()
 
-    def write_many(self, chunks: list[tuple[int, bytes]]) -> None:
-        for _, data in chunks:
-            self.data += data
-            self.offset += len(data)
+    def put(self, offset: int, data: Any) -> None:
+        assert offset == len(self.data)
+        self.data += data
+        self.hasher.update(data)
+        self._put(Written(len(self.data)))
+        self._put(Hashed(len(self.data)))
+
+    def hexdigest(self) -> str:
+        return self.hasher.hexdigest()
