@@ -26,7 +26,7 @@ import gevent.queue
 import gevent.socket
 
 from zmeet.client import GameClient, Notice, Session
-from zmeet.errors import RequestRefused, ZmeetError
+from zmeet.errors import Refused, ZmeetError
 from zmeet.games import GAMES
 from zmeet.games.tictactoe import MAX_SIZE, MIN_K, MIN_SIZE
 from zmeet.protocol import games as pg
@@ -69,7 +69,7 @@ while its subscription is still being set up)."""
 def challenge(games: GameClient, kind: str, opponent: str, options: dict[str, int],
               move_timeout_s: int = 120) -> pg.ChallengeSent:
     """CHALLENGE ``opponent`` (a nick, or ``bot`` in any case for the broker's bot) to a game
-    of ``kind``. Raises RequestRefused."""
+    of ``kind``. Raises Refused."""
     bot = opponent.lower() == "bot"
     return games.challenge(kind, "" if bot else opponent, options=options, bot=bot,
                            move_timeout_s=move_timeout_s)
@@ -210,7 +210,7 @@ class GamePlayer:
         """Accept the oldest challenge to this nick, or the first to come within ``wait_s``."""
         try:
             reply = self.games.accept(game=self.kind)
-        except RequestRefused as exc:
+        except Refused as exc:
             if exc.code != 404:
                 raise
             self.waiting_offer = True
@@ -224,7 +224,7 @@ class GamePlayer:
         """Take up this nick's running game of this kind (after a reconnect)."""
         mine = [g for g in self.games.list(nick=self.me, limit=100).games if g.kind == self.kind]
         if not mine:
-            raise RequestRefused(404, f"you have no {self.kind} game to resume: "
+            raise Refused(404, f"you have no {self.kind} game to resume: "
                                       "use --vs NICK, --vs bot or --accept")
         self.game_id = mine[0].id
         self.deadline = time.monotonic() + 5.0  # the broker sends the state on our return
@@ -269,7 +269,7 @@ class GamePlayer:
                             self._on_eof()
                     elif kind == "quit":
                         self.status = 1 if self._playing() else 0
-                except RequestRefused as exc:
+                except Refused as exc:
                     self.error(exc.reason, exc.code)
                     if self.challenge_id == "" and self.game_id == "" and not self.waiting_offer:
                         self.status = 1
@@ -400,10 +400,10 @@ class GamePlayer:
             elif is_number(word):
                 play_number(self.games, view.id, int(word))
             else:
-                raise RequestRefused(
+                raise Refused(
                     400, f"{text[:40]!r} is not a move: type a number, 0 or /resign to resign"
                     + (", /claim to claim the win" if view.away else ""))
-        except RequestRefused as exc:
+        except Refused as exc:
             self.error(exc.reason, exc.code)
             view = self._view() or view
             if view.turn == self.me and view.status != "over" and not self.as_json:
@@ -449,7 +449,7 @@ def _watch(session: Session, game_id: str, as_json: bool) -> int:
     client = GameClient(session)
     try:
         view = client.watch(game_id).game  # first subscribe, then the snapshot
-    except RequestRefused as exc:
+    except Refused as exc:
         _fail(exc)
     display.show(view)
     stop = gevent.event.Event()
@@ -500,7 +500,7 @@ def _play(kind: str, *, nick: str, broker: str, connect_timeout_s: float, oppone
                     player.accept(wait_s)
                 else:
                     player.resume()
-            except RequestRefused as exc:
+            except Refused as exc:
                 if as_json:
                     player.error(exc.reason, exc.code)
                 else:

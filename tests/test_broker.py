@@ -16,7 +16,7 @@ import zmq.green as zmq_green
 
 from zmeet import protocol as p
 from zmeet.clock import ManualClock
-from zmeet.errors import NickInUse, RequestRefused
+from zmeet.errors import NickInUse, Refused
 from zmeet.protocol.limits import (
     DEFAULT_HISTORY,
     HEADER,
@@ -158,7 +158,7 @@ def test_history_length_is_configurable_per_broker_and_per_join(broker, connect)
     assert [e.text for e in connect("dave").join("lobby", history=3).history] == texts[-3:]
     assert [e.text for e in connect("erin").join("lobby", history=100).history] == texts
     assert connect("frank").join("lobby", history=0).history == ()
-    with pytest.raises(RequestRefused) as info:
+    with pytest.raises(Refused) as info:
         connect("gina").join("lobby", history=MAX_HISTORY + 1)
     assert info.value.code == p.ErrorCode.TOO_MANY
 
@@ -204,7 +204,7 @@ def test_nick_collision_gives_nick_in_use_and_the_holder_keeps_working(connect, 
     with pytest.raises(NickInUse) as info:
         connect("alice")
     assert info.value.code == p.ErrorCode.NICK_IN_USE
-    assert isinstance(info.value, RequestRefused)
+    assert isinstance(info.value, Refused)
     posted = alice.say("lobby", "still me")
     assert room_events(wait_for(alice, chat("still me")))[-1].seq == posted.seq
     assert alice.info("lobby").members == ("alice",)
@@ -243,7 +243,7 @@ def test_hello_with_another_nick_ends_the_old_session(connect, raw_dealer, round
 
 @pytest.mark.parametrize("nick", ["", "has space", "x" * 33, "ünïcode"])
 def test_invalid_nick_is_refused(connect, nick):
-    with pytest.raises(RequestRefused) as info:
+    with pytest.raises(Refused) as info:
         connect(nick)
     assert info.value.code == p.ErrorCode.INVALID_NAME
 
@@ -255,7 +255,7 @@ def test_oversize_text_is_refused_and_nothing_stored(connect, wait_for, chat):
     bob.join("lobby")
     limit = alice.welcome.limits["max_text_bytes"]
     before = alice.info("lobby")
-    with pytest.raises(RequestRefused) as info:
+    with pytest.raises(Refused) as info:
         alice.say("lobby", "é" * (limit // 2) + "x")  # one byte over
     assert info.value.code == p.ErrorCode.MESSAGE_TOO_LARGE
     after = alice.info("lobby")
@@ -281,7 +281,7 @@ def test_topic_and_history_refusals(connect):
         (lambda: alice.say("lobby", ""), p.ErrorCode.BAD_REQUEST),
         (lambda: alice.info("no/slash"), p.ErrorCode.INVALID_NAME),
     ]:
-        with pytest.raises(RequestRefused) as info:
+        with pytest.raises(Refused) as info:
             call()
         assert info.value.code == code, info.value.reason
     alice.set_topic("lobby", "t" * limit)

@@ -27,7 +27,7 @@ from filetools import MiB, make_file, sha256_path
 from zmeet import protocol as p
 from zmeet.broker.files import FilesService
 from zmeet.client.files import FileClient, TransferEvent
-from zmeet.errors import RequestRefused
+from zmeet.errors import Refused
 from zmeet.files import FileMissing, FileTooLarge, IntegrityError, TransferFailed
 from zmeet.protocol import files as pf
 from zmeet.protocol.limits import HEADER
@@ -534,13 +534,13 @@ def test_a_file_sent_to_one_nick_is_offered_and_shown_to_that_nick_only(peer, tm
     assert bob.wait(is_offer).file == info
     assert bob.files.list() == (info,) and alice.files.list() == (info,)
     assert carol.files.list() == () and alice.files.list("share") == ()
-    with pytest.raises(RequestRefused) as refused:
+    with pytest.raises(Refused) as refused:
         carol.files.download(info.id, tmp_path / "carol")
     assert refused.value.code == pf.NOT_FOUND
     assert not (tmp_path / "carol" / ".zmeet-partial" / f"{info.id}.part").exists()
     _, path = bob.files.download(info.id, tmp_path / "bob")
     assert path.read_bytes() == (tmp_path / "secret.txt").read_bytes()
-    with pytest.raises(RequestRefused) as refused:
+    with pytest.raises(Refused) as refused:
         alice.files.upload(tmp_path / "secret.txt", to="nobody")
     assert refused.value.code == pf.NOT_FOUND and "nobody" in refused.value.reason
 

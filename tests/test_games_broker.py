@@ -16,7 +16,7 @@ import pytest
 from zmeet import protocol as p
 from zmeet.broker.games import GAMES_DB, GamesService
 from zmeet.client import Session
-from zmeet.errors import RequestRefused
+from zmeet.errors import Refused
 from zmeet.games import BOT_NAME, ArenaSettings, GameErrorCode
 from zmeet.protocol import games as pg
 from zmeet.protocol.limits import HEADER
@@ -55,8 +55,8 @@ def start_game(connect, wait_for, broker, kind="ttt", options=None, challenger="
     return me, them, accepted.game_id
 
 
-def refused(session: Session, cls, **fields) -> RequestRefused:
-    with pytest.raises(RequestRefused) as info:
+def refused(session: Session, cls, **fields) -> Refused:
+    with pytest.raises(Refused) as info:
         session.request(cls, **fields)
     return info.value
 

@@ -1,5 +1,5 @@
 """The :class:`GameClient` over an in-process broker on real loopback sockets: each typed method
-sends its request and returns the protocol's reply, and a refusal is a RequestRefused with the
+sends its request and returns the protocol's reply, and a refusal is a Refused with the
 broker's code.
 
 Nothing sleeps: every wait is for a reply or an event, under a bounded timeout.
@@ -13,7 +13,7 @@ import pytest
 
 from zmeet.broker.games import GamesService
 from zmeet.client import GameClient, Session
-from zmeet.errors import RemoteProtocolError, RequestRefused
+from zmeet.errors import Refused, RemoteProtocolError
 from zmeet.games import BOT_NAME, ArenaSettings, GameErrorCode
 from zmeet.protocol import games as pg
 
@@ -93,17 +93,17 @@ def test_refusals_carry_the_brokers_code(broker, connect, wait_for):
         (lambda: bob_games.history(limit=1001), GameErrorCode.TOO_MANY),
     ]
     for call, code in cases:
-        with pytest.raises(RequestRefused) as info:
+        with pytest.raises(Refused) as info:
             call()
         assert info.value.code == code, (info.value.code, info.value.reason)
         assert info.value.reason
-    with pytest.raises(RequestRefused):
+    with pytest.raises(Refused):
         bob_games.watch("nope")
     assert bob_games.watching == set()  # a refused watch leaves nothing subscribed
     bob_games.resign(game_id)
     view = next_state(wait_for, alice, game_id, lambda v: v.status == "over")
     assert (view.winner, view.reason) == ("alice", "resign")
-    with pytest.raises(RequestRefused) as info:
+    with pytest.raises(Refused) as info:
         bob_games.move(game_id, 9)
     assert info.value.code == GameErrorCode.GAME_OVER
 
@@ -118,7 +118,7 @@ def test_decline_and_accept_the_oldest_of_a_game(broker, connect, wait_for):
     sent = bob_games.challenge("ttt", "alice", options={"size": 4, "k": 3}, move_timeout_s=30)
     offer = wait_for(alice, lambda i: isinstance(i, pg.ChallengeOffer))[-1]
     assert (offer.options, offer.move_timeout_s) == ({"size": 4, "k": 3}, 30)
-    with pytest.raises(RequestRefused):
+    with pytest.raises(Refused):
         alice_games.accept(game="guess")  # none of that game waits
     game_id = alice_games.accept(game="ttt").game_id
     view = next_state(wait_for, bob, game_id)

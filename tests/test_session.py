@@ -14,7 +14,7 @@ import zmq.green as zmq_green
 from zmeet import protocol as p
 from zmeet.client import LinkState, Notice, Session
 from zmeet.clock import ManualClock
-from zmeet.errors import BrokerUnavailable, RequestRefused
+from zmeet.errors import BrokerUnavailable, Refused
 from zmeet.protocol import games as pg
 from zmeet.protocol.limits import MAX_HISTORY
 
@@ -84,7 +84,7 @@ def test_a_closed_session_refuses_requests(connect):
 
 def test_a_refused_join_leaves_no_room_behind(connect):
     alice = connect("alice")
-    with pytest.raises(RequestRefused) as info:
+    with pytest.raises(Refused) as info:
         alice.join("no/slash")
     assert info.value.code == p.ErrorCode.INVALID_NAME
     assert "no/slash" not in alice.rooms
@@ -100,7 +100,7 @@ def test_joining_a_room_again_keeps_it_and_repeats_nothing(connect, wait_for, ch
     alice.say("lobby", "first")
     wait_for(alice, chat("first"))
     alice.join("lobby")
-    with contextlib.suppress(RequestRefused):
+    with contextlib.suppress(Refused):
         alice.join("lobby", history=MAX_HISTORY + 1)
     assert "lobby" in alice.rooms
     assert "alice" in alice.info("lobby").members

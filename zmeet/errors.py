@@ -57,10 +57,6 @@ class Refused(ZmeetError):
         self.reason = reason
 
 
-RequestRefused = Refused
-"""The name the client side used for :class:`Refused` (kept for its importers)."""
-
-
 class NickInUse(Refused):
     """That nick is in use on this broker: choose another with --nick."""
 

@@ -7,7 +7,7 @@ sends one request on the control lane and waits for its reply (``Session.timeout
 messages arrive on ``Session.events`` (as :class:`~zmeet.protocol.Direct` items), and so do the
 published GAME-STATEs of a watched game: whoever reads that queue shows them.
 
-Every method raises :class:`~zmeet.errors.RequestRefused` when the broker answers ERROR (its
+Every method raises :class:`~zmeet.errors.Refused` when the broker answers ERROR (its
 ``code`` is a :class:`zmeet.games.GameErrorCode` or :class:`zmeet.protocol.ErrorCode` value,
 its ``reason`` a line for people), :class:`~zmeet.errors.BrokerUnavailable` when no reply
 comes in time, and :class:`~zmeet.errors.RemoteProtocolError` when the reply is not the one the

@@ -31,7 +31,7 @@ import zmq.green as zmq_green
 
 from .. import protocol as p
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import BrokerUnavailable, NickInUse, RequestRefused
+from ..errors import BrokerUnavailable, NickInUse, Refused
 from ..protocol import clone
 from ..protocol.clone import LinkState, Notice
 from ..protocol.limits import MAX_HISTORY
@@ -58,7 +58,7 @@ class Session:
 
     ``broker`` is the control endpoint (``tcp://HOST:PORT``); ``timeout_s`` bounds every
     request. Call :meth:`connect` first; it raises :class:`BrokerUnavailable` if the broker
-    does not answer within ``timeout_s``, :class:`NickInUse` or :class:`RequestRefused` if it
+    does not answer within ``timeout_s``, :class:`NickInUse` or :class:`Refused` if it
     refuses. Every other request raises the same on timeout or ERROR. ``clock`` gives the
     monotonic time of heartbeat liveness (:data:`zmeet.clock.SYSTEM_CLOCK` by default).
     """
@@ -147,7 +147,7 @@ class Session:
         assert isinstance(welcome, p.Welcome)
         version = welcome.limits.get("protocol_version", p.PROTOCOL_VERSION)
         if version != p.PROTOCOL_VERSION:
-            raise RequestRefused(
+            raise Refused(
                 p.ErrorCode.VERSION_MISMATCH,
                 f"the broker speaks protocol version {version}, this client {p.PROTOCOL_VERSION}",
             )
@@ -171,7 +171,7 @@ class Session:
         if bye and self.welcome is not None:
             try:
                 self.request(p.Bye, timeout_s=min(self.timeout_s, 2.0))
-            except (BrokerUnavailable, RequestRefused):
+            except (BrokerUnavailable, Refused):
                 pass  # the broker will time the session out by heartbeats
         self._run(self._clone.closed())
         gevent.killall(self._greenlets, block=True, timeout=1)
@@ -191,7 +191,7 @@ class Session:
         """Send ``cls(req_id=..., **fields)`` and wait for its reply.
 
         Raises :class:`BrokerUnavailable` after ``timeout_s`` without a reply,
-        :class:`NickInUse` or :class:`RequestRefused` for an ERROR reply.
+        :class:`NickInUse` or :class:`Refused` for an ERROR reply.
         """
         if self._dealer is None or self._clone.state is LinkState.CLOSED:
             raise BrokerUnavailable("the session is closed")
@@ -220,7 +220,7 @@ class Session:
         finally:
             self._pending.pop(req_id, None)
         if isinstance(reply, p.Error):
-            exc_cls = NickInUse if reply.code == p.ErrorCode.NICK_IN_USE else RequestRefused
+            exc_cls = NickInUse if reply.code == p.ErrorCode.NICK_IN_USE else Refused
             raise exc_cls(reply.code, reply.reason)
         return reply
 
@@ -316,7 +316,7 @@ class Session:
     def _fetch(self, fetch: clone.FetchHistory) -> list[clone.Effect]:
         try:
             events = self.history(fetch.room, fetch.after_seq, fetch.limit)
-        except (BrokerUnavailable, RequestRefused) as exc:
+        except (BrokerUnavailable, Refused) as exc:
             if not self._clone.closing:
                 log.warning(
                     "could not fill the gap in %s after seq %d: %s", fetch.room, fetch.after_seq,
@@ -395,7 +395,7 @@ class Session:
             except BrokerUnavailable:
                 self._recover("broker-lost", "lost the broker; reconnecting")
                 continue
-            except RequestRefused as exc:
+            except Refused as exc:
                 if exc.code == p.ErrorCode.NO_SESSION:  # the broker timed us out
                     self._recover("broker-lost", "the broker dropped this session; rejoining")
                 continue
@@ -418,7 +418,7 @@ class Session:
                     self._run(self._clone.rejoin_started(room))
                     try:
                         joined = self.request(p.Join, room=room, history=0)
-                    except RequestRefused as exc:
+                    except Refused as exc:
                         self._run(self._clone.rejoin_refused(room, str(exc)))
                         continue
                     assert isinstance(joined, p.Joined)
@@ -426,6 +426,6 @@ class Session:
                 self._last_heartbeat_s = self.clock.monotonic_s()
                 self._run(self._clone.recovered())
                 return
-            except (BrokerUnavailable, RequestRefused) as exc:
+            except (BrokerUnavailable, Refused) as exc:
                 log.info("reconnect failed: %s", exc)
                 gevent.sleep(self.heartbeat_interval_s)

@@ -434,7 +434,7 @@ class Reject:
 
 @dataclass(frozen=True)
 class Fail:
-    """The download failed: ``kind`` is ``refused`` (``code``: raise RequestRefused),
+    """The download failed: ``kind`` is ``refused`` (``code``: raise Refused),
     ``stopped`` (the broker stopped sending: TransferFailed, resumable), ``aborted``
     (FILE-ABORT) or ``io`` (a write failed)."""
 

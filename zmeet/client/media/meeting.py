@@ -165,7 +165,7 @@ class Meeting:
 
         Raises :class:`DeviceError` if a source, the display or the recording folder cannot be
         opened (everything opened so far is closed again), the session's errors
-        (:class:`~zmeet.errors.BrokerUnavailable`, :class:`~zmeet.errors.RequestRefused`) if
+        (:class:`~zmeet.errors.BrokerUnavailable`, :class:`~zmeet.errors.Refused`) if
         joining the room fails, RuntimeError if the meeting was stopped.
         """
         if self._stopped:
