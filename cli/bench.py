@@ -1,8 +1,8 @@
 """``zmeet bench``: measure a running broker from this machine (round trip and throughput).
 
-Registered on :func:`zmeet_cli.main.main` when imported (one import line at the end of
-``main.py``). It uses the real client (:class:`zmeet.client.Session`), so the figures are what a
-user of this machine gets from that broker over this network, in a room of its own.
+The composition root (:mod:`zmeet_cli.main`) adds :func:`bench` to its group. It uses the
+real client (:class:`zmeet.client.Session`), so the figures are what a user of this machine
+gets from that broker over this network, in a room of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from zmeet.client import Session
 from zmeet.errors import ZmeetError
 from zmeet.protocol import RoomEvent
 
-from .main import _open_session, broker_option, main, timeout_option
+from .common import _open_session, broker_option, timeout_option
 
 
 def _percentile_ms(values_s: list[float], q: float) -> float:
@@ -85,7 +85,7 @@ def _throughput(session: Session, room: str, count: int, concurrency: int,
             "lost": count - received}
 
 
-@main.command()
+@click.command()
 @broker_option
 @click.option("--nick", default=None, help="Nick to measure as [bench-XXXX].")
 @click.option("--room", default=None, help="Room to measure in [a new bench-XXXXXX].")

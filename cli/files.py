@@ -2,10 +2,8 @@
 ``zmeet join`` the ``/file PATH`` (or the seeds' ``!FILE PATH``), ``/get ID`` and ``/files``
 commands, an offer line for each new file, ``--accept-files`` and image preview tiles.
 
-Imported at the end of :mod:`zmeet_cli.main` (its "feature modules" marker); it adds its
-commands to the ``main`` group and to ``ChatTerminal``'s registries of the module that
-imported it, whether that runs as ``__main__`` (``python -m zmeet_cli.main``) or was imported
-(the ``zmeet`` script).
+The composition root (:mod:`zmeet_cli.main`) adds :data:`COMMANDS` to its group, gives each
+``zmeet join`` terminal a :class:`FilesChat` plugin, and ``zmeet tail`` :data:`RENDERERS`.
 
 Output: a progress bar (tqdm: octets, rate, time left) when stdout is a terminal, none
 otherwise; ``--json`` prints one JSON object per line instead (``hashing``, ``start``,
@@ -17,14 +15,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-import weakref
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import click
 import gevent
 
+from zmeet.client import Session
 from zmeet.client.files import FileClient, TransferEvent
 from zmeet.errors import BrokerUnavailable, ZmeetError
 from zmeet.files import FileError, collect, format_size, parse_size
@@ -32,23 +32,9 @@ from zmeet.files.preview import PREVIEW_MAX_BYTES, image_preview, is_previewable
 from zmeet.protocol import RoomEvent
 from zmeet.protocol import files as pf
 
-from .render import safe
-
-
-def _host() -> Any:
-    """The ``zmeet_cli.main`` module that is running: ``__main__`` under ``python -m``."""
-    running = sys.modules.get("__main__")
-    spec = getattr(running, "__spec__", None)
-    if spec is not None and spec.name == "zmeet_cli.main":
-        return running
-    from . import main as imported
-
-    return imported
-
-
-_main = _host()
-main = _main.main
-ChatTerminal = _main.ChatTerminal
+from .common import _fail, _open_session, _setup_logging, broker_option, nick_option, timeout_option
+from .render import Renderer, render_other, safe
+from .terminal import ChatTerminal, Plugin
 
 PROGRESS_INTERVAL_S = 0.25
 """Least time between two ``progress`` JSON events of one transfer."""
@@ -142,8 +128,8 @@ class Reporter:
             self._bar = None
 
 
-def _open(broker: str, nick: str, timeout_s: float) -> tuple[Any, FileClient]:
-    session = _main._open_session(broker, nick, timeout_s)
+def _open(broker: str, nick: str, timeout_s: float) -> tuple[Session, FileClient]:
+    session = _open_session(broker, nick, timeout_s)
     files = FileClient(session)
     files.start_pump()
     return session, files
@@ -152,13 +138,13 @@ def _open(broker: str, nick: str, timeout_s: float) -> tuple[Any, FileClient]:
 # --- zmeet send ----------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--room", default=None, help="Share with ROOM (you join it).")
 @click.option("--to", "to_nick", default=None, help="Send to NICK only (connected now).")
-@_main.nick_option
-@_main.broker_option
-@_main.timeout_option
+@nick_option
+@broker_option
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Progress and results as JSON lines.")
 @click.option("--limit-rate", default=None, help="Send at most this many octets a second "
               "(e.g. 10M).")
@@ -169,14 +155,14 @@ def send(ctx, paths, room, to_nick, nick, broker, connect_timeout_s, as_json, li
     Each file goes to the broker once, checked against its SHA-256. Sending the same file
     again after an interruption goes on from where it stopped. Exits 1 if a file failed.
     """
-    _main._setup_logging(ctx.obj["log_level"])
+    _setup_logging(ctx.obj["log_level"])
     if bool(room) == bool(to_nick):
         raise click.UsageError("give --room ROOM or --to NICK (one of them)")
     rate = _size_option(limit_rate)
     try:
         sources, skipped = collect(list(paths))
     except FileError as exc:
-        _main._fail(exc)
+        _fail(exc)
     for note in skipped:
         click.echo(f"zmeet: skipped {note}", err=True)
     session, files = _open(broker, nick, connect_timeout_s)
@@ -216,17 +202,17 @@ def send(ctx, paths, room, to_nick, nick, broker, connect_timeout_s, as_json, li
 # --- zmeet files ---------------------------------------------------------------------------------
 
 
-@main.command("files")
+@click.command("files")
 @click.argument("room", required=False)
-@_main.nick_option
-@_main.broker_option
-@_main.timeout_option
+@nick_option
+@broker_option
+@timeout_option
 @click.option("--direct", is_flag=True, help="Files sent one to one, by you or to you.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 @click.pass_context
 def files_(ctx, room, nick, broker, connect_timeout_s, direct, as_json) -> None:
     """List the files shared with ROOM (or with --direct, those sent to or by you)."""
-    _main._setup_logging(ctx.obj["log_level"])
+    _setup_logging(ctx.obj["log_level"])
     if bool(room) == bool(direct):
         raise click.UsageError("give a ROOM or --direct (one of them)")
     session, files = _open(broker, nick, connect_timeout_s)
@@ -234,7 +220,7 @@ def files_(ctx, room, nick, broker, connect_timeout_s, direct, as_json) -> None:
         listed = files.list(room or "")
     except ZmeetError as exc:
         session.close()
-        _main._fail(exc)
+        _fail(exc)
     files.stop_pump()
     session.close()
     for info in listed:
@@ -251,13 +237,13 @@ def files_(ctx, room, nick, broker, connect_timeout_s, direct, as_json) -> None:
 # --- zmeet fetch ---------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("."), show_default=True, help="Folder to save into (made if missing).")
-@_main.nick_option
-@_main.broker_option
-@_main.timeout_option
+@nick_option
+@broker_option
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Progress and results as JSON lines.")
 @click.option("--limit-rate", default=None, help="Receive at most this many octets a second "
               "(e.g. 10M).")
@@ -266,12 +252,12 @@ def fetch(ctx, ids, out_dir, nick, broker, connect_timeout_s, as_json, limit_rat
     """Fetch files by ID into --out. An existing file is never replaced (" (1)" is added),
     every file is checked against its SHA-256, and an interrupted fetch goes on from where it
     stopped when run again. Exits 1 if a file failed."""
-    _main._setup_logging(ctx.obj["log_level"])
+    _setup_logging(ctx.obj["log_level"])
     rate = _size_option(limit_rate)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _main._fail(f"cannot use {out_dir}: {exc.strerror or exc}")
+        _fail(f"cannot use {out_dir}: {exc.strerror or exc}")
     session, files = _open(broker, nick, connect_timeout_s)
     status = 0
     for file_id in ids:
@@ -308,24 +294,6 @@ HELP_LINES = [
 ]
 
 
-def _client(term) -> FileClient:
-    client = getattr(term, "_file_client", None)
-    if client is None:
-        client = term._file_client = FileClient(term.session)
-    return client
-
-
-def _spawn(term, job, *args) -> None:
-    def run() -> None:
-        try:
-            job(term, *args)
-        except (ZmeetError, OSError) as exc:
-            text = str(exc) if isinstance(exc, ZmeetError) else f"{exc.strerror or exc}"
-            term.out(f"-- error: {text}")
-
-    gevent.spawn(run)
-
-
 def _unquote(text: str) -> str:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
@@ -333,128 +301,144 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _cmd_file(term, rest: str) -> None:
-    path = _unquote(rest)
-    if not path:
-        term.out("-- usage: /file PATH")
-        return
-    if not term.current:
-        term.out("-- in no room: /join ROOM")
-        return
-    sources, skipped = collect([path])  # FileMissing: "File doesn't exist: PATH"
-    for note in skipped:
-        term.out(f"-- skipped {safe(note)}")
-    _spawn(term, _send_all, sources, term.current)
-
-
-def _send_all(term, sources, room: str) -> None:
-    for source in sources:
-        term.out(f"-- sending {safe(source.name)} ({format_size(source.size)}) to #{room}")
-        info = _client(term).upload(source.path, room=room, name=source.name)
-        term.out(f"-- shared {safe(info.name)} as {info.id}")
-        if is_previewable(info.name, info.size):
-            _preview_local(term, source.path, info)
-
-
-def _cmd_get(term, rest: str) -> None:
-    words = rest.split(maxsplit=1)
-    if not words:
-        term.out("-- usage: /get ID [DIR]")
-        return
-    folder = Path(_unquote(words[1])) if len(words) > 1 else Path(".")
-    _spawn(term, _get, words[0], folder)
-
-
-def _get(term, file_id: str, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    info, path = _client(term).download(file_id, folder)
-    term.out(f"-- saved {safe(info.name)} ({format_size(info.size)}) from {info.sender} to "
-             f"{safe(str(path))} (sha256 verified)")
-
-
-def _cmd_files(term, rest: str) -> None:
-    room = rest.strip() or term.current
-    listed = _client(term).list(room)
-    if not listed:
-        term.out(f"-- no files in #{room}")
-    for info in listed:
-        term.out(f"-- {info.id}  {format_size(info.size):>10}  {info.sender:<12} "
-                 f"{safe(info.name)}")
-
-
-def attach(term, *, accept_files: bool = False) -> None:
-    """Make ``term`` (the ``zmeet join`` chat terminal) act on the files shared with its
-    rooms: a line offering each (or, with ``accept_files``, fetching it) and a preview tile for
-    an image when the meeting window is open. ``zmeet join`` calls it once."""
-    term.accept_files = accept_files
-    _TERMINALS.add(term)
-
-
-_TERMINALS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _offered(term, info: pf.FileInfo, where: str) -> None:
-    """Tell ``term`` of a new file from someone else: offer it, fetch it, preview it."""
-    about = f"{info.sender} sent {where} {safe(info.name)} ({format_size(info.size)})"
-    if getattr(term, "accept_files", False):
-        term.out(f"-- {about}: fetching it")
-        _spawn(term, _get, info.id, Path("."))
-    else:
-        term.out(f"-- {about}: /get {info.id} saves it")
-    if is_previewable(info.name, info.size) and _viewer(term) is not None:
-        _spawn(term, _preview_remote, info)
-
-
-def _on_file_event(event: RoomEvent, fields: dict[str, Any]) -> None:
-    for term in list(_TERMINALS):
-        session = term.session
-        if event.sender == session.nick or event.room not in tuple(session.rooms):
-            continue
-        info = pf.FileInfo(id=fields["id"], name=fields["name"], size=fields["size"],
-                           sha256=str(fields.get("sha256", "")), sender=event.sender,
-                           room=event.room, ts_ms=event.ts_ms)
-        # after the event's own line: this runs in the terminal's pump, which prints it next
-        gevent.spawn(_offered, term, info, f"#{event.room}")
-
-
-def _on_event(term, item) -> bool:
-    if _client(term).dispatch(item):
-        return True
-    if not isinstance(item, pf.FileOffer):
-        return False
-    _offered(term, item.file, "you")
-    return True
-
-
-def _viewer(term) -> Any:
+def _viewer(term: ChatTerminal) -> Any:
     meeting = getattr(term, "meeting", None)
     return getattr(meeting, "viewer", None) if meeting is not None else None
 
 
-def _show_preview(term, sender: str, data: bytes) -> None:
-    viewer = _viewer(term)
-    if viewer is None:
-        return
-    image = gevent.get_hub().threadpool.apply(image_preview, (data,))
-    if image is not None:
-        viewer.show(sender, PREVIEW_KIND, image)
+class FilesChat(Plugin):
+    """The files of a ``zmeet join`` terminal: ``/file PATH`` (or the seeds' ``!FILE PATH``),
+    ``/get ID [DIR]``, ``/files``; FILE-CHUNK, FILE-ABORT and FILE-OFFER handed to its
+    :class:`FileClient`; how a ``file`` event reads (:func:`render_file`); and for each new file
+    from someone else, once its line is printed, an offer line or, with ``accept_files``, the
+    download, and a preview tile of an image when the meeting window is open.
 
+    One instance per terminal: it keeps that terminal's file client. Transfers run in their
+    own greenlets; their errors print ``-- error: ...``."""
 
-def _preview_remote(term, info: pf.FileInfo) -> None:
-    _, data = _client(term).fetch_bytes(info.id, max_bytes=PREVIEW_MAX_BYTES)
-    _show_preview(term, info.sender, data)
+    def __init__(self, *, accept_files: bool = False) -> None:
+        super().__init__(
+            commands={"/file": self.cmd_file, "!file": self.cmd_file, "/get": self.cmd_get,
+                      "/files": self.cmd_files},
+            item_handlers=[self.on_item],
+            event_handlers=[self.on_event],
+            help_lines=HELP_LINES,
+            renderers=RENDERERS,
+        )
+        self.accept_files = accept_files
+        self._client: FileClient | None = None
 
+    def client(self, term: ChatTerminal) -> FileClient:
+        if self._client is None:
+            self._client = FileClient(term.session)
+        return self._client
 
-def _preview_local(term, path: Path, info: pf.FileInfo) -> None:
-    if _viewer(term) is not None:
-        data = gevent.get_hub().threadpool.apply(Path.read_bytes, (path,))
-        _show_preview(term, info.sender, data)
+    def _spawn(self, term: ChatTerminal, job: Any, *args: Any) -> None:
+        def run() -> None:
+            try:
+                job(term, *args)
+            except (ZmeetError, OSError) as exc:
+                text = str(exc) if isinstance(exc, ZmeetError) else f"{exc.strerror or exc}"
+                term.out(f"-- error: {text}")
 
+        gevent.spawn(run)
 
-ChatTerminal.COMMANDS.update({"/file": _cmd_file, "!file": _cmd_file, "/get": _cmd_get,
-                              "/files": _cmd_files})
-ChatTerminal.EVENT_HANDLERS.append(_on_event)
-ChatTerminal.HELP_LINES.extend(HELP_LINES)
+    # commands ------------------------------------------------------------------------------
+
+    def cmd_file(self, term: ChatTerminal, rest: str) -> None:
+        path = _unquote(rest)
+        if not path:
+            term.out("-- usage: /file PATH")
+            return
+        if not term.current:
+            term.out("-- in no room: /join ROOM")
+            return
+        sources, skipped = collect([path])  # FileMissing: "File doesn't exist: PATH"
+        for note in skipped:
+            term.out(f"-- skipped {safe(note)}")
+        self._spawn(term, self._send_all, sources, term.current)
+
+    def _send_all(self, term: ChatTerminal, sources: Any, room: str) -> None:
+        for source in sources:
+            term.out(f"-- sending {safe(source.name)} ({format_size(source.size)}) to #{room}")
+            info = self.client(term).upload(source.path, room=room, name=source.name)
+            term.out(f"-- shared {safe(info.name)} as {info.id}")
+            if is_previewable(info.name, info.size):
+                self._preview_local(term, source.path, info)
+
+    def cmd_get(self, term: ChatTerminal, rest: str) -> None:
+        words = rest.split(maxsplit=1)
+        if not words:
+            term.out("-- usage: /get ID [DIR]")
+            return
+        folder = Path(_unquote(words[1])) if len(words) > 1 else Path(".")
+        self._spawn(term, self._get, words[0], folder)
+
+    def _get(self, term: ChatTerminal, file_id: str, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        info, path = self.client(term).download(file_id, folder)
+        term.out(f"-- saved {safe(info.name)} ({format_size(info.size)}) from {info.sender} to "
+                 f"{safe(str(path))} (sha256 verified)")
+
+    def cmd_files(self, term: ChatTerminal, rest: str) -> None:
+        room = rest.strip() or term.current
+        listed = self.client(term).list(room)
+        if not listed:
+            term.out(f"-- no files in #{room}")
+        for info in listed:
+            term.out(f"-- {info.id}  {format_size(info.size):>10}  {info.sender:<12} "
+                     f"{safe(info.name)}")
+
+    # what arrives --------------------------------------------------------------------------
+
+    def on_item(self, term: ChatTerminal, item: Any) -> bool:
+        if self.client(term).dispatch(item):
+            return True
+        if not isinstance(item, pf.FileOffer):
+            return False
+        self._offered(term, item.file, "you")
+        return True
+
+    def on_event(self, term: ChatTerminal, event: RoomEvent) -> None:
+        """A ``file`` event from someone else in one of our rooms, after its line: offer it."""
+        fields = file_event_fields(event)
+        session = term.session
+        if fields is None or event.sender == session.nick or event.room not in session.rooms:
+            return
+        info = pf.FileInfo(id=fields["id"], name=fields["name"], size=fields["size"],
+                           sha256=str(fields.get("sha256", "")), sender=event.sender,
+                           room=event.room, ts_ms=event.ts_ms)
+        self._offered(term, info, f"#{event.room}")
+
+    def _offered(self, term: ChatTerminal, info: pf.FileInfo, where: str) -> None:
+        """Tell ``term`` of a new file from someone else: offer it, fetch it, preview it."""
+        about = f"{info.sender} sent {where} {safe(info.name)} ({format_size(info.size)})"
+        if self.accept_files:
+            term.out(f"-- {about}: fetching it")
+            self._spawn(term, self._get, info.id, Path("."))
+        else:
+            term.out(f"-- {about}: /get {info.id} saves it")
+        if is_previewable(info.name, info.size) and _viewer(term) is not None:
+            self._spawn(term, self._preview_remote, info)
+
+    # previews ------------------------------------------------------------------------------
+
+    def _show_preview(self, term: ChatTerminal, sender: str, data: bytes) -> None:
+        viewer = _viewer(term)
+        if viewer is None:
+            return
+        image = gevent.get_hub().threadpool.apply(image_preview, (data,))
+        if image is not None:
+            viewer.show(sender, PREVIEW_KIND, image)
+
+    def _preview_remote(self, term: ChatTerminal, info: pf.FileInfo) -> None:
+        _, data = self.client(term).fetch_bytes(info.id, max_bytes=PREVIEW_MAX_BYTES)
+        self._show_preview(term, info.sender, data)
+
+    def _preview_local(self, term: ChatTerminal, path: Path, info: pf.FileInfo) -> None:
+        if _viewer(term) is not None:
+            data = gevent.get_hub().threadpool.apply(Path.read_bytes, (path,))
+            self._show_preview(term, info.sender, data)
 
 
 # --- how a file event reads ----------------------------------------------------------------------
@@ -477,23 +461,18 @@ def file_event_fields(event: RoomEvent) -> dict[str, Any] | None:
     return fields
 
 
-_plain_event_line = _main.event_line
+def render_file(event: RoomEvent) -> str:
+    """A ``file`` event: ``* alice shared report.pdf (1.2 MiB) as 3fa2c1e0a1b2``; one whose
+    text is not a file's reads as any other event (:func:`zmeet_cli.render.render_other`)."""
+    fields = file_event_fields(event)
+    if fields is None:
+        return render_other(event)
+    return (f"* {event.sender} shared {safe(fields['name'])} "
+            f"({format_size(fields['size'])}) as {safe(fields['id'])}")
 
 
-def event_line(event, *, show_room: bool = True) -> str:
-    """:func:`zmeet_cli.render.event_line`, with a ``file`` event read as
-    ``* alice shared report.pdf (1.2 MiB) as 3fa2c1e0a1b2``. The chat terminal prints each
-    room event through this once: a file event also goes to the terminals :func:`attach`
-    registered (the offer line, ``--accept-files``, the preview)."""
-    if isinstance(event, RoomEvent):
-        fields = file_event_fields(event)
-        if fields is not None:
-            _on_file_event(event, fields)
-            clock = time.strftime("%H:%M:%S", time.localtime(event.ts_ms / 1000))
-            where = f"#{event.room} " if show_room else ""
-            return (f"[{clock}] {where}* {event.sender} shared {safe(fields['name'])} "
-                    f"({format_size(fields['size'])}) as {safe(fields['id'])}")
-    return _plain_event_line(event, show_room=show_room)
+RENDERERS: Mapping[str, Renderer] = MappingProxyType({pf.FILE_EVENT_TYPE: render_file})
+"""The renderers the files feature adds, by event type."""
 
-
-_main.event_line = event_line  # the chat terminal and `zmeet tail` print through it
+COMMANDS: tuple[click.Command, ...] = (send, files_, fetch)
+"""The commands the files feature adds to ``zmeet``."""

@@ -1,23 +1,21 @@
 """Games on the command line: ``zmeet ttt``, ``zmeet guess``, ``zmeet games``, and games in the
 chat of ``zmeet join`` (``/ttt NICK``, ``!TTT NICK``, ``/accept``, ``/decline``, moves typed as
-numbers, ``/resign``). The broker judges every move (docs/protocol.md, "Games"); this module
-only asks and shows.
+numbers, ``/resign``): :class:`GamesChat`, a terminal plugin. The broker judges every move
+(docs/protocol.md, "Games"); both flows only ask, through one
+:class:`~zmeet.client.GameClient`, and show, through :mod:`zmeet_cli.game_display`.
 
-Imported by ``cli/main.py`` for its side effects: it adds the commands to the ``main`` group,
-the chat commands to ``ChatTerminal``'s registries, and the games service's windows as options
-of ``zmeet broker``.
+The composition root (:mod:`zmeet_cli.main`) adds :data:`COMMANDS` to its group and gives each
+``zmeet join`` terminal a :class:`GamesChat`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,39 +25,38 @@ import gevent.event
 import gevent.queue
 import gevent.socket
 
-from zmeet.broker.games import GamesService
-from zmeet.broker.service import DEFAULT_SERVICES
-from zmeet.client import Notice, Session
+from zmeet.client import GameClient, Notice, Session
 from zmeet.errors import RequestRefused, ZmeetError
-from zmeet.games import BOT_NAME, GAMES, REASONS, ArenaSettings
-from zmeet.games.base import Move
-from zmeet.games.guess import HIGH, LOW, WIN
-from zmeet.games.tictactoe import MAX_SIZE, MIN_K, MIN_SIZE, board_from_moves, render
+from zmeet.games import GAMES
+from zmeet.games.tictactoe import MAX_SIZE, MIN_K, MIN_SIZE
 from zmeet.protocol import games as pg
 
+from .common import (
+    _fail,
+    _on_signals,
+    _open_session,
+    _setup_logging,
+    broker_option,
+    nick_option,
+    timeout_option,
+)
+from .game_display import (
+    GameDisplay,
+    challenge_sent_line,
+    describe,
+    ended_text,
+    players_line,
+    prompt_line,
+    reason_line,
+    record_view,
+    result_line,
+    seat_of,
+    view_dict,
+)
 from .render import safe
+from .terminal import ChatTerminal, Plugin
 
 log = logging.getLogger("zmeet.cli.games")
-
-
-def _host():
-    """The module that holds the ``main`` group and ``ChatTerminal`` this process runs: under
-    ``python -m zmeet_cli.main`` that is ``__main__``, not a second copy of ``zmeet_cli.main``."""
-    main_module = sys.modules.get("__main__")
-    spec = getattr(main_module, "__spec__", None)
-    if spec is not None and spec.name == "zmeet_cli.main" and hasattr(main_module, "main"):
-        return main_module
-    from . import main as host
-
-    return host
-
-
-_h = _host()
-main = _h.main
-ChatTerminal = _h.ChatTerminal
-nick_option, broker_option, timeout_option = _h.nick_option, _h.broker_option, _h.timeout_option
-_open_session, _fail, _setup_logging, _on_signals = (
-    _h._open_session, _h._fail, _h._setup_logging, _h._on_signals)
 
 CHALLENGE_WAIT_EXTRA_S = 10.0
 """Beyond a challenge's expiry, how long to wait for the broker to say how it ended."""
@@ -68,242 +65,27 @@ RESYNC_S = 2.0
 """A spectator asks WATCH again after this long without a state (a published state can be lost
 while its subscription is still being set up)."""
 
-ENDED = {
-    "declined": "{by} declined the challenge",
-    "expired": "the challenge expired: {opponent} did not answer",
-    "offline": "{by} is not online any more",
-    "withdrawn": "{by} withdrew the challenge (left)",
-}
-"""How a challenge ended, told to the challenger (``withdrawn``: to the challenged)."""
+
+def challenge(games: GameClient, kind: str, opponent: str, options: dict[str, int],
+              move_timeout_s: int = 120) -> pg.ChallengeSent:
+    """CHALLENGE ``opponent`` (a nick, or ``bot`` in any case for the broker's bot) to a game
+    of ``kind``. Raises RequestRefused."""
+    bot = opponent.lower() == "bot"
+    return games.challenge(kind, "" if bot else opponent, options=options, bot=bot,
+                           move_timeout_s=move_timeout_s)
 
 
-# --- what a game looks like to people -------------------------------------------------------
+def play_number(games: GameClient, game_id: str, value: int) -> None:
+    """A number typed during a game: 0 resigns (as in the seeds), any other is a move."""
+    if value == 0:
+        games.resign(game_id)
+    else:
+        games.move(game_id, value)
 
 
-def seconds(ms: int) -> str:
-    """``ms`` as seconds for people: ``60``, ``2.5``."""
-    return f"{ms / 1000:.1f}".removesuffix(".0") if ms < 10_000 else str(round(ms / 1000))
-
-
-def _moves(view: pg.GameView) -> list[Move]:
-    return [Move(m.seat, m.value, m.note) for m in view.moves]
-
-
-def seat_of(view: pg.GameView, nick: str | None) -> int | None:
-    """The seat of ``nick`` in ``view``, or None for a spectator."""
-    if nick is None or nick == BOT_NAME or nick not in view.players:
-        return None
-    return view.players.index(nick)
-
-
-def player_name(view: pg.GameView, seat: int) -> str:
-    nick = view.players[seat]
-    name = "the bot" if nick == BOT_NAME else nick
-    return f"{name} ({GAMES[view.kind].SEAT_NAMES[seat]})" if view.kind in GAMES else name
-
-
-def describe(kind: str, options: dict[str, int]) -> str:
-    cls = GAMES.get(kind)
-    if cls is None:
-        return safe(kind)
-    try:
-        return cls(options).describe()
-    except ZmeetError:
-        return cls.TITLE
-
-
-def board_cells(view: pg.GameView) -> list[str]:
-    """A tic-tac-toe board as marks by cell (``""`` for free), for ``--json``."""
-    size = view.options.get("size", 3)
-    return [("", "X", "O")[v] for v in board_from_moves(size, _moves(view))]
-
-
-def view_dict(view: pg.GameView) -> dict[str, Any]:
-    """The JSON object of a game's state."""
-    out: dict[str, Any] = {
-        "id": view.id, "kind": view.kind, "players": list(view.players),
-        "options": dict(view.options),
-        "moves": [[m.seat, m.value, m.note] for m in view.moves],
-        "turn": view.turn, "status": view.status, "result": view.result,
-        "winner": view.winner, "reason": view.reason, "away": list(view.away),
-        "move_timeout_s": view.move_timeout_s, "time_left_ms": view.time_left_ms,
-        "version": view.version, "rematch_of": view.rematch_of,
-    }
-    if view.kind == "ttt":
-        out["board"] = board_cells(view)
-    return out
-
-
-def result_for(view: pg.GameView, me: str | None) -> str:
-    """``win``, ``lose``, ``draw`` or ``abandoned`` for a player; for a spectator ``win``
-    stays ``win`` (see ``winner``)."""
-    if view.result == "win" and me is not None and seat_of(view, me) is not None:
-        return "win" if view.winner == me else "lose"
-    return view.result
-
-
-def result_line(view: pg.GameView, me: str | None) -> str:
-    """``You win!``, ``You lose!``, ``Draw`` (the seeds' words), or for spectators who won."""
-    outcome = result_for(view, me)
-    if outcome == "win" and seat_of(view, me) is not None:
-        return "You win!"
-    if outcome == "lose":
-        return "You lose!"
-    if outcome == "win":
-        if view.winner in view.players:
-            return f"{player_name(view, view.players.index(view.winner))} wins!"
-        return f"{safe(view.winner)} wins!"
-    if outcome == "draw":
-        return "Draw"
-    return "Game abandoned: both players left"
-
-
-def reason_line(view: pg.GameView) -> str:
-    """How it ended, in words: ``alice resigned``, ``bob ran out of time``..."""
-    reason = view.reason
-    winner = view.players.index(view.winner) if view.winner in view.players else None
-    loser = None if winner is None else 1 - winner
-
-    def who(seat: int | None) -> str:
-        return "nobody" if seat is None else player_name(view, seat)
-
-    if reason == "line":
-        return f"{who(winner)} has {view.options.get('k', 3)} in a row"
-    if reason == "full":
-        return "the board is full"
-    if reason == "resign":
-        return f"{who(loser)} resigned"
-    if reason == "time":
-        return f"{who(loser)} ran out of time"
-    if reason == "claim":
-        return f"{who(loser)} left and {who(winner)} claimed the win"
-    if reason == "disconnect":
-        return f"{who(loser)} left and did not come back"
-    if reason in ("guessed", "tries"):
-        secret = view.moves[0].value if view.moves else 0
-        tries = max(0, len(view.moves) - 1)
-        if reason == "guessed":
-            return f"{who(1)} guessed {secret} in {tries} {'try' if tries == 1 else 'tries'}"
-        return f"{who(1)} ran out of tries; the number was {secret}"
-    return REASONS.get(reason, safe(reason))
-
-
-def move_line(view: pg.GameView, move: pg.GameMove, me: str | None) -> str:
-    """One move for people: ``-- alice (O) takes 5``, ``Your guess is too low.``"""
-    mine = me is not None and seat_of(view, me) == move.seat
-    if view.kind == "guess":
-        if move.note == "PICK":
-            if mine:
-                return f"-- you picked {move.value}"
-            return f"-- {player_name(view, 0)} has picked a number"
-        if mine:
-            return {LOW: "Your guess is too low.", HIGH: "Your guess is too high.",
-                    WIN: f"Your guess {move.value} is right."}.get(move.note,
-                                                                   f"-- {safe(move.note)}")
-        said = {LOW: "too low", HIGH: "too high", WIN: "right"}.get(move.note, safe(move.note))
-        return f"-- {player_name(view, move.seat)} guesses {move.value}: {said}"
-    if mine:
-        return f"-- you take {move.value}"
-    return f"-- {player_name(view, move.seat)} takes {move.value}"
-
-
-def prompt_line(view: pg.GameView) -> str:
-    """What the player to move is asked, the seeds' way."""
-    seat = view.players.index(view.turn)
-    o = view.options
-    if view.kind == "ttt":
-        last = o.get("size", 3) ** 2
-        return f"Your move, {GAMES['ttt'].SEAT_NAMES[seat]} (1-{last}, 0 to resign):"
-    if view.kind == "guess":
-        if seat == 0:
-            return (f"Pick a number ({o.get('low', 1)}-{o.get('high', 100)}) for "
-                    f"{player_name(view, 1)} to guess (0 to resign):")
-        left = o.get("tries", 5) - max(0, len(view.moves) - 1)
-        return (f"Enter guess ({o.get('low', 1)}-{o.get('high', 100)}), "
-                f"{left} {'try' if left == 1 else 'tries'} left (0 to resign):")
-    return "Your move:"
-
-
-class GameDisplay:
-    """Shows game states to one person (``me``, or None for a spectator) through ``out``:
-    a header for a new game, each new move, the board after every move (tic-tac-toe, drawn as
-    the seeds draw it), who left or came back, the result. States not newer than the last one
-    shown are dropped. With ``emit_json``, every state and result is one JSON object instead.
-    """
-
-    def __init__(self, me: str | None, out: Callable[[str], None],
-                 emit_json: Callable[[dict], None] | None = None, after_game: str = "") -> None:
-        self.me = me
-        self.out = out
-        self.emit_json = emit_json
-        self.after_game = after_game
-        self.views: dict[str, pg.GameView] = {}
-
-    def show(self, view: pg.GameView) -> bool:
-        """Show ``view`` if it is news; True if it was. A state that does not make sense (a
-        broker bug) is reported in one line, never a crash."""
-        prev = self.views.get(view.id)
-        if prev is not None and view.version <= prev.version:
-            return False
-        self.views[view.id] = view
-        try:
-            self._show(view, prev)
-        except (ValueError, IndexError, KeyError, TypeError) as exc:
-            log.warning("cannot show game state %r: %r", view, exc)
-            self.out(f"-- game {safe(view.id)}: a state from the broker could not be shown")
-        return True
-
-    def _show(self, view: pg.GameView, prev: pg.GameView | None) -> None:
-        if self.emit_json is not None:
-            mine = seat_of(view, self.me)
-            self.emit_json({"type": "state", "game": view_dict(view),
-                            "you": mine, "your_turn": bool(self.me and view.turn == self.me)})
-            if view.status == "over" and (prev is None or prev.status != "over"):
-                self.emit_json({"type": "result", "game_id": view.id,
-                                "result": result_for(view, self.me), "winner": view.winner,
-                                "reason": view.reason, "text": reason_line(view)})
-            return
-        lines: list[str] = []
-        if prev is None:
-            players = " vs ".join(player_name(view, s) for s in range(len(view.players)))
-            rematch = f" (rematch of {view.rematch_of})" if view.rematch_of else ""
-            lines.append(f"-- game {view.id}: {describe(view.kind, dict(view.options))}; "
-                         f"{players}{rematch}")
-            if seat_of(view, self.me) is not None:
-                lines.append(f"-- spectators can watch: zmeet {view.kind} --watch {view.id}")
-            new_moves = () if view.kind == "ttt" else view.moves  # the board shows them
-        else:
-            new_moves = view.moves[len(prev.moves):]
-        for move in new_moves:
-            lines.append(move_line(view, move, self.me))
-        if view.kind == "ttt" and (prev is None or new_moves or view.status == "over"):
-            lines.append(render(board_from_moves(view.options.get("size", 3), _moves(view)),
-                                view.options.get("size", 3)))
-        gone = [n for n in view.away if prev is None or n not in prev.away]
-        back = [n for n in (prev.away if prev else ()) if n not in view.away]
-        for nick in gone:
-            if nick == self.me:
-                continue
-            if seat_of(view, self.me) is not None:
-                lines.append(f"-- {nick} left the game: wait for them to come back, "
-                             "or /claim the win")
-            else:
-                lines.append(f"-- {nick} left the game; it waits for them to come back")
-        for nick in back:
-            if view.status != "over":
-                lines.append(f"-- {nick} is back: the game goes on")
-        if view.status == "over":
-            if prev is None or prev.status != "over":
-                lines.append(f"-- {reason_line(view)}")
-                lines.append(result_line(view, self.me))
-                if self.after_game and seat_of(view, self.me) is not None:
-                    lines.append(self.after_game)
-        elif view.turn and view.turn == self.me:
-            lines.append(prompt_line(view))
-        elif view.turn and (prev is None or prev.turn != view.turn) and view.status == "playing":
-            lines.append(f"-- waiting for {player_name(view, view.players.index(view.turn))}")
-        for line in lines:
-            self.out(line)
+def is_number(text: str) -> bool:
+    """Whether ``text`` reads as an integer move (at most 18 digits)."""
+    return text.lstrip("-").isdigit() and len(text) < 19
 
 
 # --- zmeet ttt / zmeet guess -----------------------------------------------------------------
@@ -368,6 +150,7 @@ class GamePlayer:
 
     def __init__(self, session: Session, kind: str, *, as_json: bool, interactive: bool) -> None:
         self.session = session
+        self.games = GameClient(session)
         self.me = session.nick
         self.kind = kind
         self.as_json = as_json
@@ -412,26 +195,21 @@ class GamePlayer:
     # starting ---------------------------------------------------------------------------------
 
     def challenge(self, opponent: str, options: dict[str, int], move_timeout_s: int) -> None:
-        bot = opponent.lower() == "bot"
-        reply = self.session.request(pg.Challenge, game=self.kind, options=options,
-                                     opponent="" if bot else opponent, bot=bot,
-                                     move_timeout_s=move_timeout_s)
-        assert isinstance(reply, pg.ChallengeSent)
+        reply = challenge(self.games, self.kind, opponent, options, move_timeout_s)
         if reply.game_id:
             self.game_id = reply.game_id
             return
         self.challenge_id = reply.challenge_id
         self.challenged = opponent
         self.deadline = time.monotonic() + reply.expires_in_ms / 1000 + CHALLENGE_WAIT_EXTRA_S
-        self.tell(f"-- challenged {opponent} to {describe(self.kind, options)}; waiting for an "
-                  f"answer (expires in {seconds(reply.expires_in_ms)} s)",
+        self.tell(challenge_sent_line(opponent, self.kind, options, reply.expires_in_ms),
                   {"type": "challenge-sent", "challenge_id": reply.challenge_id,
                    "to": opponent, "game": self.kind, "expires_in_ms": reply.expires_in_ms})
 
     def accept(self, wait_s: float) -> None:
         """Accept the oldest challenge to this nick, or the first to come within ``wait_s``."""
         try:
-            reply = self.session.request(pg.Accept, challenge_id="", game=self.kind)
+            reply = self.games.accept(game=self.kind)
         except RequestRefused as exc:
             if exc.code != 404:
                 raise
@@ -440,14 +218,11 @@ class GamePlayer:
             self.tell(f"-- waiting for a challenge (up to {wait_s:g} s)",
                       {"type": "waiting", "for": "challenge", "timeout_s": wait_s})
             return
-        assert isinstance(reply, pg.Accepted)
         self.game_id = reply.game_id
 
     def resume(self) -> None:
         """Take up this nick's running game of this kind (after a reconnect)."""
-        reply = self.session.request(pg.ListGames, nick=self.me, limit=100)
-        assert isinstance(reply, pg.GameList)
-        mine = [g for g in reply.games if g.kind == self.kind]
+        mine = [g for g in self.games.list(nick=self.me, limit=100).games if g.kind == self.kind]
         if not mine:
             raise RequestRefused(404, f"you have no {self.kind} game to resume: "
                                       "use --vs NICK, --vs bot or --accept")
@@ -567,8 +342,7 @@ class GamePlayer:
             return
         self.tell(
             f"-- {item.by} accepted: game {item.game_id}" if item.reason == "accepted"
-            else "-- " + ENDED.get(item.reason, "the challenge ended: {reason}").format(
-                by=item.by, opponent=self.challenged, reason=item.reason),
+            else "-- " + ended_text(item.reason, item.by, self.challenged),
             {"type": "challenge-ended", "challenge_id": item.challenge_id,
              "reason": item.reason, "by": item.by, "game_id": item.game_id},
         )
@@ -587,9 +361,7 @@ class GamePlayer:
                       f"{describe(offer.game, dict(offer.options))}: accepting",
                       {"type": "challenge", "challenge_id": offer.challenge_id,
                        "from": offer.sender, "game": offer.game, "options": dict(offer.options)})
-            reply = self.session.request(pg.Accept, challenge_id=offer.challenge_id)
-            assert isinstance(reply, pg.Accepted)
-            self.game_id = reply.game_id
+            self.game_id = self.games.accept(offer.challenge_id).game_id
             self.deadline = time.monotonic() + 5.0
             return
         if offer.rematch_of and offer.rematch_of == self.game_id:
@@ -621,12 +393,12 @@ class GamePlayer:
                 self.status = 0
             return
         try:
-            if word in ("/resign", "0", "resign"):
-                self.session.request(pg.Resign, game_id=view.id)
+            if word in ("/resign", "resign"):
+                self.games.resign(view.id)
             elif word in ("/claim", "claim"):
-                self.session.request(pg.Claim, game_id=view.id)
-            elif word.lstrip("-").isdigit() and len(word) < 19:
-                self.session.request(pg.MakeMove, game_id=view.id, value=int(word))
+                self.games.claim(view.id)
+            elif is_number(word):
+                play_number(self.games, view.id, int(word))
             else:
                 raise RequestRefused(
                     400, f"{text[:40]!r} is not a move: type a number, 0 or /resign to resign"
@@ -638,8 +410,7 @@ class GamePlayer:
                 self.say(prompt_line(view))  # the same player moves again
 
     def _rematch(self, view: pg.GameView) -> None:
-        reply = self.session.request(pg.Rematch, game_id=view.id)
-        assert isinstance(reply, pg.ChallengeSent)
+        reply = self.games.rematch(view.id)
         if reply.game_id:
             self.game_id = reply.game_id
             self.deadline = time.monotonic() + 5.0
@@ -675,15 +446,9 @@ def _watch(session: Session, game_id: str, as_json: bool) -> int:
         sys.stdout.flush()
 
     display = GameDisplay(None, out, emit if as_json else None)
-    session.subscribe(pg.game_topic(game_id))  # first subscribe, then the snapshot
-
-    def snapshot() -> pg.GameView:
-        reply = session.request(pg.Watch, game_id=game_id)
-        assert isinstance(reply, pg.GameSnapshot)
-        return reply.game
-
+    client = GameClient(session)
     try:
-        view = snapshot()
+        view = client.watch(game_id).game  # first subscribe, then the snapshot
     except RequestRefused as exc:
         _fail(exc)
     display.show(view)
@@ -695,7 +460,7 @@ def _watch(session: Session, game_id: str, as_json: bool) -> int:
                 item = session.events.get(timeout=RESYNC_S)
             except gevent.queue.Empty:
                 try:
-                    item = pg.GameState(game=snapshot())
+                    item = pg.GameState(game=client.snapshot(game_id).game)
                 except ZmeetError as exc:
                     log.info("re-sync of game %s failed: %s", game_id, exc)
                     continue
@@ -771,7 +536,7 @@ def _game_options(func):
     return func
 
 
-@main.command()
+@click.command()
 @_game_options
 @click.option("--size", type=click.IntRange(MIN_SIZE, MAX_SIZE), default=3, show_default=True,
               help="Board size N (N x N cells, numbered 1 to N*N).")
@@ -793,7 +558,7 @@ def ttt(ctx, nick, broker, connect_timeout_s, opponent, accept, watch_id, move_t
           log_level=ctx.obj["log_level"])
 
 
-@main.command()
+@click.command()
 @_game_options
 @click.option("--low", type=click.IntRange(1, 999_999), default=1, show_default=True,
               help="Smallest number.")
@@ -824,7 +589,7 @@ def _when(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
-@main.command()
+@click.command()
 @click.option("--nick", envvar="ZMEET_GAMES_NICK", default=None,
               help="Nick to connect as [a made-up one: listing needs no identity].")
 @broker_option
@@ -838,16 +603,12 @@ def games(ctx, nick, broker, connect_timeout_s, history, player, limit, as_json)
     """List running games (watch one with: zmeet ttt --watch ID), or finished ones."""
     _setup_logging(ctx.obj["log_level"])
     session = _open_session(broker, nick or f"games-{os.urandom(3).hex()}", connect_timeout_s)
+    client = GameClient(session)
     try:
         if history:
-            reply = session.request(pg.GameHistory, nick=player, limit=limit)
-            assert isinstance(reply, pg.GameRecords)
-            for record in reply.records:
-                view = pg.GameView(
-                    id=record.id, kind=record.kind, players=record.players,
-                    options=record.options, moves=record.moves, turn="", status="over",
-                    result=record.result, winner=record.winner, reason=record.reason, away=(),
-                    move_timeout_s=0, time_left_ms=0, version=0, rematch_of=record.rematch_of)
+            records = client.history(nick=player, limit=limit).records
+            for record in records:
+                view = record_view(record)
                 if as_json:
                     click.echo(json.dumps({
                         "type": "record", **{k: v for k, v in view_dict(view).items()
@@ -857,27 +618,25 @@ def games(ctx, nick, broker, connect_timeout_s, history, player, limit, as_json)
                         "started_ms": record.started_ms, "ended_ms": record.ended_ms},
                         ensure_ascii=False))
                 else:
-                    players = " vs ".join(player_name(view, s) for s in range(len(view.players)))
                     click.echo(f"{_when(record.ended_ms)}  {record.id}  "
-                               f"{describe(record.kind, dict(record.options))}  {players}  "
+                               f"{describe(record.kind, dict(record.options))}  "
+                               f"{players_line(view)}  "
                                f"{result_line(view, None)} ({reason_line(view)}), "
                                f"{len(record.moves)} moves")
-            if not reply.records and not as_json:
+            if not records and not as_json:
                 click.echo("no finished games")
         else:
-            reply = session.request(pg.ListGames, nick=player, limit=limit)
-            assert isinstance(reply, pg.GameList)
-            for view in reply.games:
+            running = client.list(nick=player, limit=limit).games
+            for view in running:
                 if as_json:
                     click.echo(json.dumps({"type": "game", **view_dict(view)}, ensure_ascii=False))
                     continue
-                players = " vs ".join(player_name(view, s) for s in range(len(view.players)))
                 state = (f"{view.turn} to move" if view.turn else view.status)
                 if view.away:
                     state += f"; away: {', '.join(view.away)}"
-                click.echo(f"{view.id}  {describe(view.kind, dict(view.options))}  {players}  "
-                           f"{len(view.moves)} moves, {state}")
-            if not reply.games and not as_json:
+                click.echo(f"{view.id}  {describe(view.kind, dict(view.options))}  "
+                           f"{players_line(view)}  {len(view.moves)} moves, {state}")
+            if not running and not as_json:
                 click.echo("no games running")
     except ZmeetError as exc:
         session.close()
@@ -885,239 +644,196 @@ def games(ctx, nick, broker, connect_timeout_s, history, player, limit, as_json)
     session.close()
 
 
-# --- zmeet broker: the games service's windows ------------------------------------------------
-
-
-def _extend_broker_command() -> None:
-    """Add the games service's windows to ``zmeet broker`` as options."""
-    command = main.commands.get("broker")
-    if command is None or getattr(command, "_games_options", False):
-        return
-    command.params.extend([
-        click.Option(["--challenge-expiry", "challenge_expiry_s"],
-                     type=click.FloatRange(0.1, 86_400), default=60.0, show_default=True,
-                     help="Seconds before an unanswered game challenge expires."),
-        click.Option(["--reconnect-window", "reconnect_window_s"],
-                     type=click.FloatRange(0.1, 86_400), default=60.0, show_default=True,
-                     help="Seconds a game waits for a player who left to come back."),
-    ])
-    callback = command.callback
-    assert callback is not None
-
-    @functools.wraps(callback)
-    def with_games_settings(*args, challenge_expiry_s: float = 60.0,
-                            reconnect_window_s: float = 60.0, **kwargs):
-        settings = ArenaSettings(challenge_expiry_s=challenge_expiry_s,
-                                 reconnect_window_s=reconnect_window_s)
-        DEFAULT_SERVICES[:] = [
-            functools.partial(GamesService, settings=settings)
-            if factory is GamesService or getattr(factory, "func", None) is GamesService
-            else factory
-            for factory in DEFAULT_SERVICES
-        ]
-        return callback(*args, **kwargs)
-
-    command.callback = with_games_settings
-    command._games_options = True  # type: ignore[attr-defined]
-
-
-_extend_broker_command()
 
 
 # --- in the chat (zmeet join) ------------------------------------------------------------------
 
-
-class _ChatGames:
-    """A chat terminal's games: the display, the game being played, the last challenge."""
-
-    def __init__(self, term) -> None:
-        self.display = GameDisplay(term.session.nick, term.out,
-                                   after_game="-- /rematch to play again")
-        self.current = ""
-
-    def playing(self) -> pg.GameView | None:
-        view = self.display.views.get(self.current)
-        return view if view is not None and view.status != "over" else None
-
-    def last(self) -> pg.GameView | None:
-        return self.display.views.get(self.current)
-
-
-def _games_of(term) -> _ChatGames:
-    state = getattr(term, "_zmeet_games", None)
-    if state is None:
-        state = _ChatGames(term)
-        term._zmeet_games = state
-    return state
-
-
-def _chat_challenge(term, kind: str, rest: str) -> None:
-    words = rest.split()
-    if kind == "guess" and not words:
-        words = ["bot"]
-    if not words:
-        term.out(f"-- usage: /{kind} NICK (or bot)" + (" [SIZE [K]]" if kind == "ttt" else ""))
-        return
-    opponent = words[0]
-    options: dict[str, int] = {}
-    if kind == "ttt":
-        try:
-            numbers = [int(w) for w in words[1:3]]
-        except ValueError:
-            term.out("-- usage: /ttt NICK [SIZE [K]]")
-            return
-        if numbers:
-            options["size"] = numbers[0]
-        if len(numbers) > 1:
-            options["k"] = numbers[1]
-    bot = opponent.lower() == "bot"
-    reply = term.session.request(pg.Challenge, game=kind, options=options,
-                                 opponent="" if bot else opponent, bot=bot)
-    assert isinstance(reply, pg.ChallengeSent)
-    if reply.game_id:
-        _games_of(term).current = reply.game_id
-    else:
-        term.out(f"-- challenged {opponent} to {describe(kind, options)}; waiting for an answer "
-                 f"(expires in {seconds(reply.expires_in_ms)} s)")
-
-
-def _chat_ttt(term, rest: str) -> None:
-    _chat_challenge(term, "ttt", rest)
-
-
-def _chat_guess(term, rest: str) -> None:
-    _chat_challenge(term, "guess", rest)
-
-
-def _chat_accept(term, rest: str) -> None:
-    reply = term.session.request(pg.Accept, challenge_id=rest.strip())
-    assert isinstance(reply, pg.Accepted)
-    _games_of(term).current = reply.game_id
-
-
-def _chat_decline(term, rest: str) -> None:
-    term.session.request(pg.Decline, challenge_id=rest.strip())
-    term.out("-- declined")
-
-
-def _current_or_say(term) -> pg.GameView | None:
-    view = _games_of(term).playing()
-    if view is None:
-        term.out("-- you are not playing a game: /ttt NICK to start one")
-    return view
-
-
-def _chat_resign(term, rest: str) -> None:
-    view = _current_or_say(term)
-    if view is not None:
-        term.session.request(pg.Resign, game_id=view.id)
-
-
-def _chat_claim(term, rest: str) -> None:
-    view = _current_or_say(term)
-    if view is not None:
-        term.session.request(pg.Claim, game_id=view.id)
-
-
-def _chat_move(term, rest: str) -> None:
-    view = _current_or_say(term)
-    if view is None:
-        return
-    try:
-        value = int(rest)
-    except ValueError:
-        term.out("-- usage: /move N")
-        return
-    term.session.request(pg.MakeMove, game_id=view.id, value=value)
-
-
-def _chat_rematch(term, rest: str) -> None:
-    view = _games_of(term).last()
-    if view is None or view.status != "over":
-        term.out("-- no finished game to rematch")
-        return
-    reply = term.session.request(pg.Rematch, game_id=view.id)
-    assert isinstance(reply, pg.ChallengeSent)
-    if reply.game_id:
-        _games_of(term).current = reply.game_id
-    else:
-        other = [n for n in view.players if n != term.session.nick]
-        term.out(f"-- asked {other[0] if other else 'them'} for a rematch; waiting")
-
-
-def _chat_games(term, rest: str) -> None:
-    reply = term.session.request(pg.ListGames, limit=20)
-    assert isinstance(reply, pg.GameList)
-    if not reply.games:
-        term.out("-- no games running")
-    for view in reply.games:
-        players = " vs ".join(player_name(view, s) for s in range(len(view.players)))
-        term.out(f"-- {view.id}  {describe(view.kind, dict(view.options))}  {players}  "
-                 f"{len(view.moves)} moves")
-
-
-def _chat_line(term, line: str) -> bool:
-    """A number typed during a game is a move (0 resigns, as in the seeds)."""
-    text = line.strip()
-    if not (text.lstrip("-").isdigit() and len(text) < 19):
-        return False
-    view = _games_of(term).playing()
-    if view is None:
-        return False
-    value = int(text)
-    if value == 0:
-        term.session.request(pg.Resign, game_id=view.id)
-    else:
-        term.session.request(pg.MakeMove, game_id=view.id, value=value)
-    return True
-
-
-def _chat_event(term, item: Any) -> bool:
-    games = _games_of(term)
-    me = term.session.nick
-    if isinstance(item, pg.ChallengeOffer):
-        what = describe(item.game, dict(item.options))
-        if item.rematch_of:
-            term.out(f"-- {item.sender} wants a rematch of game {item.rematch_of}: "
-                     f"/rematch or /accept to play, /decline to refuse")
-        else:
-            seat = GAMES[item.game].SEAT_NAMES[item.seat] if item.game in GAMES else item.seat
-            term.out(f"-- {item.sender} challenges you to {what} (you would be {seat}): "
-                     f"/accept or /decline (challenge {item.challenge_id})")
-        return True
-    if isinstance(item, pg.ChallengeEnded):
-        if item.reason == "accepted":
-            games.current = item.game_id
-            term.out(f"-- {item.by} accepted your challenge")
-        else:
-            text = ("the challenge expired" if item.reason == "expired" else
-                    ENDED.get(item.reason, "the challenge ended: {reason}").format(
-                        by=item.by, opponent=item.by, reason=item.reason))
-            term.out(f"-- challenge {item.challenge_id}: {text}")
-        return True
-    if isinstance(item, pg.GameState):
-        view = item.game
-        if seat_of(view, me) is None:
-            return False
-        if view.status != "over" or not games.current:
-            games.current = view.id
-        games.display.show(view)
-        return True
-    return False
-
-
-ChatTerminal.COMMANDS.update({
-    "/ttt": _chat_ttt, "!ttt": _chat_ttt, "/guess": _chat_guess, "!guess": _chat_guess,
-    "/accept": _chat_accept, "/decline": _chat_decline, "/resign": _chat_resign,
-    "/claim": _chat_claim, "/move": _chat_move, "/rematch": _chat_rematch, "/games": _chat_games,
-})
-ChatTerminal.LINE_HANDLERS.append(_chat_line)
-ChatTerminal.EVENT_HANDLERS.append(_chat_event)
-ChatTerminal.HELP_LINES.extend([
+HELP_LINES = [
     "Games:",
     "  /ttt NICK [SIZE [K]]  challenge NICK (or bot) to tic-tac-toe (also !TTT NICK)",
     "  /guess [NICK]         guess-the-number against NICK (default: the bot)",
     "  /accept [ID], /decline [ID]   answer a challenge",
     "  N (a number)          your move in the game you are playing; 0 resigns",
     "  /resign, /claim, /rematch, /games",
-])
+]
+
+
+class GamesChat(Plugin):
+    """The games of a ``zmeet join`` terminal: ``/ttt NICK [SIZE [K]]`` (also ``!TTT``),
+    ``/guess [NICK]``, ``/accept``, ``/decline``, ``/resign``, ``/claim``, ``/move N``,
+    ``/rematch``, ``/games``; a number typed during a game is a move (0 resigns); challenges,
+    their ends and the states of the games this nick plays are shown as they come.
+
+    One instance per terminal: it keeps the terminal's game client, its :class:`GameDisplay`
+    and the game being played (``current``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            commands={
+                "/ttt": self.cmd_ttt, "!ttt": self.cmd_ttt, "/guess": self.cmd_guess,
+                "!guess": self.cmd_guess, "/accept": self.cmd_accept,
+                "/decline": self.cmd_decline, "/resign": self.cmd_resign,
+                "/claim": self.cmd_claim, "/move": self.cmd_move, "/rematch": self.cmd_rematch,
+                "/games": self.cmd_games,
+            },
+            line_handlers=[self.on_line],
+            item_handlers=[self.on_item],
+            help_lines=HELP_LINES,
+        )
+        self.current = ""
+        self._games: GameClient | None = None
+        self._display: GameDisplay | None = None
+
+    def games(self, term: ChatTerminal) -> GameClient:
+        if self._games is None:
+            self._games = GameClient(term.session)
+        return self._games
+
+    def display(self, term: ChatTerminal) -> GameDisplay:
+        if self._display is None:
+            self._display = GameDisplay(term.session.nick, term.out,
+                                        after_game="-- /rematch to play again")
+        return self._display
+
+    def last(self, term: ChatTerminal) -> pg.GameView | None:
+        """The game played last (it may be over)."""
+        return self.display(term).views.get(self.current)
+
+    def playing(self, term: ChatTerminal) -> pg.GameView | None:
+        """The game being played, if it is not over."""
+        view = self.last(term)
+        return view if view is not None and view.status != "over" else None
+
+    def _playing_or_say(self, term: ChatTerminal) -> pg.GameView | None:
+        view = self.playing(term)
+        if view is None:
+            term.out("-- you are not playing a game: /ttt NICK to start one")
+        return view
+
+    # commands ------------------------------------------------------------------------------
+
+    def _challenge(self, term: ChatTerminal, kind: str, rest: str) -> None:
+        words = rest.split()
+        if kind == "guess" and not words:
+            words = ["bot"]
+        if not words:
+            term.out(f"-- usage: /{kind} NICK (or bot)" + (" [SIZE [K]]" if kind == "ttt" else ""))
+            return
+        opponent = words[0]
+        options: dict[str, int] = {}
+        if kind == "ttt":
+            try:
+                numbers = [int(w) for w in words[1:3]]
+            except ValueError:
+                term.out("-- usage: /ttt NICK [SIZE [K]]")
+                return
+            if numbers:
+                options["size"] = numbers[0]
+            if len(numbers) > 1:
+                options["k"] = numbers[1]
+        reply = challenge(self.games(term), kind, opponent, options)
+        if reply.game_id:
+            self.current = reply.game_id
+        else:
+            term.out(challenge_sent_line(opponent, kind, options, reply.expires_in_ms))
+
+    def cmd_ttt(self, term: ChatTerminal, rest: str) -> None:
+        self._challenge(term, "ttt", rest)
+
+    def cmd_guess(self, term: ChatTerminal, rest: str) -> None:
+        self._challenge(term, "guess", rest)
+
+    def cmd_accept(self, term: ChatTerminal, rest: str) -> None:
+        self.current = self.games(term).accept(rest.strip()).game_id
+
+    def cmd_decline(self, term: ChatTerminal, rest: str) -> None:
+        self.games(term).decline(rest.strip())
+        term.out("-- declined")
+
+    def cmd_resign(self, term: ChatTerminal, rest: str) -> None:
+        view = self._playing_or_say(term)
+        if view is not None:
+            self.games(term).resign(view.id)
+
+    def cmd_claim(self, term: ChatTerminal, rest: str) -> None:
+        view = self._playing_or_say(term)
+        if view is not None:
+            self.games(term).claim(view.id)
+
+    def cmd_move(self, term: ChatTerminal, rest: str) -> None:
+        view = self._playing_or_say(term)
+        if view is None:
+            return
+        try:
+            value = int(rest)
+        except ValueError:
+            term.out("-- usage: /move N")
+            return
+        self.games(term).move(view.id, value)
+
+    def cmd_rematch(self, term: ChatTerminal, rest: str) -> None:
+        view = self.last(term)
+        if view is None or view.status != "over":
+            term.out("-- no finished game to rematch")
+            return
+        reply = self.games(term).rematch(view.id)
+        if reply.game_id:
+            self.current = reply.game_id
+        else:
+            other = [n for n in view.players if n != term.session.nick]
+            term.out(f"-- asked {other[0] if other else 'them'} for a rematch; waiting")
+
+    def cmd_games(self, term: ChatTerminal, rest: str) -> None:
+        running = self.games(term).list(limit=20).games
+        if not running:
+            term.out("-- no games running")
+        for view in running:
+            term.out(f"-- {view.id}  {describe(view.kind, dict(view.options))}  "
+                     f"{players_line(view)}  {len(view.moves)} moves")
+
+    # what is typed and what arrives --------------------------------------------------------
+
+    def on_line(self, term: ChatTerminal, line: str) -> bool:
+        """A number typed during a game is a move (0 resigns, as in the seeds)."""
+        text = line.strip()
+        if not is_number(text):
+            return False
+        view = self.playing(term)
+        if view is None:
+            return False
+        play_number(self.games(term), view.id, int(text))
+        return True
+
+    def on_item(self, term: ChatTerminal, item: Any) -> bool:
+        if isinstance(item, pg.ChallengeOffer):
+            what = describe(item.game, dict(item.options))
+            if item.rematch_of:
+                term.out(f"-- {item.sender} wants a rematch of game {item.rematch_of}: "
+                         f"/rematch or /accept to play, /decline to refuse")
+            else:
+                seat = GAMES[item.game].SEAT_NAMES[item.seat] if item.game in GAMES else item.seat
+                term.out(f"-- {item.sender} challenges you to {what} (you would be {seat}): "
+                         f"/accept or /decline (challenge {item.challenge_id})")
+            return True
+        if isinstance(item, pg.ChallengeEnded):
+            if item.reason == "accepted":
+                self.current = item.game_id
+                term.out(f"-- {item.by} accepted your challenge")
+            else:
+                text = ("the challenge expired" if item.reason == "expired"
+                        else ended_text(item.reason, item.by, item.by))
+                term.out(f"-- challenge {item.challenge_id}: {text}")
+            return True
+        if isinstance(item, pg.GameState):
+            view = item.game
+            if seat_of(view, term.session.nick) is None:
+                return False
+            if view.status != "over" or not self.current:
+                self.current = view.id
+            self.display(term).show(view)
+            return True
+        return False
+
+
+COMMANDS: tuple[click.Command, ...] = (ttt, guess, games)
+"""The commands the games feature adds to ``zmeet``."""

@@ -1,10 +1,13 @@
-"""How room events look to people and to scripts (``--json``)."""
+"""How room events look to people and to scripts (``--json``): pure functions, one renderer per
+event type."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from types import MappingProxyType
 
 from zmeet.client import Notice
 from zmeet.protocol import RoomEvent
@@ -46,23 +49,53 @@ def event_json(event: RoomEvent | Notice, *, history: bool = False) -> str:
     return json.dumps(event_dict(event, history=history), ensure_ascii=False)
 
 
-def event_line(event: RoomEvent | Notice, *, show_room: bool = True) -> str:
-    """One line for people: ``[12:34:56] #lobby <alice> hello``."""
+Renderer = Callable[[RoomEvent], str]
+"""How one type of room event reads: ``event`` -> the words after ``[12:34:56] #room ``, with
+no side effects (a feature's renderer for its own event type, e.g. ``file``, is passed to
+:func:`event_line` as data)."""
+
+
+def render_chat(event: RoomEvent) -> str:
+    return f"<{event.sender}> {safe(event.text)}"  # a nick is [A-Za-z0-9_-]: nothing to escape
+
+
+def render_join(event: RoomEvent) -> str:
+    return f"* {event.sender} joined"
+
+
+def render_leave(event: RoomEvent) -> str:
+    reason = f" ({safe(event.text)})" if event.text else ""
+    return f"* {event.sender} left{reason}"
+
+
+def render_gone(event: RoomEvent) -> str:
+    return f"* {event.sender} is gone ({safe(event.text) or 'no heartbeat'})"
+
+
+def render_topic(event: RoomEvent) -> str:
+    return f"* {event.sender} set the room topic: {safe(event.text)}"
+
+
+def render_other(event: RoomEvent) -> str:
+    """An event type nobody gave a renderer for: ``* alice <type> <text>``."""
+    return f"* {event.sender} {event.type} {safe(event.text)}"
+
+
+RENDERERS: Mapping[str, Renderer] = MappingProxyType({
+    "chat": render_chat, "join": render_join, "leave": render_leave, "gone": render_gone,
+    "topic": render_topic,
+})
+"""The renderers of the chat's own event types, by ``RoomEvent.type``."""
+
+
+def event_line(event: RoomEvent | Notice, *, show_room: bool = True,
+               renderers: Mapping[str, Renderer] = RENDERERS) -> str:
+    """One line for people: ``[12:34:56] #lobby <alice> hello``; a notice is ``-- <text>``.
+
+    ``renderers`` maps an event type to its :data:`Renderer`; a type it lacks reads as
+    :func:`render_other`. Pure: it only returns the line."""
     if isinstance(event, Notice):
         return f"-- {safe(event.text)}"
     clock = time.strftime("%H:%M:%S", time.localtime(event.ts_ms / 1000))
     where = f"#{event.room} " if show_room else ""
-    who = event.sender  # a nick is [A-Za-z0-9_-]: nothing to escape
-    text = safe(event.text)
-    if event.type == "chat":
-        return f"[{clock}] {where}<{who}> {text}"
-    if event.type == "join":
-        return f"[{clock}] {where}* {who} joined"
-    if event.type == "leave":
-        reason = f" ({text})" if text else ""
-        return f"[{clock}] {where}* {who} left{reason}"
-    if event.type == "gone":
-        return f"[{clock}] {where}* {who} is gone ({text or 'no heartbeat'})"
-    if event.type == "topic":
-        return f"[{clock}] {where}* {who} set the room topic: {text}"
-    return f"[{clock}] {where}* {who} {event.type} {text}"
+    return f"[{clock}] {where}{renderers.get(event.type, render_other)(event)}"

@@ -9,7 +9,8 @@ Fixtures:
 
 - ``make_broker(**config)``: start a :class:`Broker`; keyword arguments override
   :class:`BrokerConfig` fields (``data_dir`` defaults to one folder per test, so a second broker
-  made in the same test reopens the first one's store).
+  made in the same test reopens the first one's store; ``services`` defaults to
+  :func:`zmeet.broker.default_services`).
 - ``broker``: one started broker. ``@pytest.mark.broker_config(heartbeat_interval_ms=100)``
   overrides its config.
 - ``connect(nick, broker=None, **session_kwargs)``: a connected :class:`Session` (to the
@@ -34,7 +35,7 @@ import zmq
 import zmq.green as zmq_green
 
 from zmeet import protocol as p
-from zmeet.broker import Broker, BrokerConfig
+from zmeet.broker import Broker, BrokerConfig, default_services
 from zmeet.client import Session
 
 TEST_HEARTBEAT_INTERVAL_MS = 1000
@@ -67,6 +68,8 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
             "heartbeat_interval_ms": TEST_HEARTBEAT_INTERVAL_MS,
         }
         fields.update(overrides)
+        if "services" not in fields:  # a full broker, as `zmeet broker` runs it
+            fields["services"] = default_services()
         broker = Broker(BrokerConfig(**fields))
         broker.start()
         started.append(broker)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from proc import ZMEET, Proc, start_broker
 
-from zmeet.client.audio import MediaState
+from zmeet import protocol as p
 from zmeet.devices.audio import AudioDecoder, AudioEncoder, RealtimePacer, opus_available
 from zmeet.errors import RemoteProtocolError
 from zmeet.media.audio import (
@@ -32,6 +32,7 @@ from zmeet.media.audio import (
     video_due_us,
 )
 from zmeet.media.jitter import DelayLine, JitterBuffer
+from zmeet.protocol import MAX_STATE_BYTES, MediaState
 
 MEDIA = Path(__file__).resolve().parents[1] / ".." / "shared" / "media"
 SPEECH = MEDIA / "speech-en.wav"
@@ -134,6 +135,20 @@ def test_media_state_round_trip_and_junk() -> None:
     for junk in (b"", b"[1]", b"x" * 1000, b"\xff"):
         with pytest.raises(RemoteProtocolError):
             MediaState.decode(junk)
+
+
+def test_media_state_travels_as_a_state_frame() -> None:
+    """docs/protocol.md 3.9.2: compact JSON in field order, codec json, no picture, and a
+    missing key or a non-true value reads as false."""
+    state = MediaState(audio=True, muted=False, video=True, screen=False)
+    frame = state.frame("room", 7, 1_700_000_000_000_000)
+    assert frame.payload == b'{"audio":true,"muted":false,"video":true,"screen":false}'
+    assert (frame.kind, frame.codec, frame.seq, frame.capture_ts_us) == (
+        "state", "json", 7, 1_700_000_000_000_000)
+    assert (frame.width, frame.height, frame.pts_ms, frame.fps) == (0, 0, 0, 0.0)
+    assert MediaState.decode(p.encode(frame)[-1]) == state
+    assert MediaState.decode(b'{"muted": 1, "video": true}') == MediaState(video=True)
+    assert len(MediaState(True, True, True, True).encode()) <= MAX_STATE_BYTES
 
 
 @pytest.mark.parametrize("codec", ["pcm", "opus"])

@@ -12,8 +12,10 @@ import gevent
 import msgpack
 import pytest
 import zmq
+import zmq.green as zmq_green
 
 from zmeet import protocol as p
+from zmeet.clock import ManualClock
 from zmeet.errors import NickInUse, RequestRefused
 from zmeet.protocol.limits import (
     DEFAULT_HISTORY,
@@ -462,3 +464,47 @@ def test_ping_gets_pong_every_time(connect):
     pongs = [alice.request(p.Ping) for _ in range(3)]
     assert all(isinstance(x, p.Pong) and x.ts_ms >= before - 1000 for x in pongs)
     assert len({x.req_id for x in pongs}) == 3
+
+
+# --- the core: its clock and its services ----------------------------------------------------
+
+
+def test_heartbeats_and_their_expiry_read_the_broker_clock(make_broker, raw_dealer, roundtrip):
+    """With a ManualClock the heartbeat carries its wall time, and a session expires when the
+    clock (not the system's) says its heartbeats stopped."""
+    clock = ManualClock()
+    broker = make_broker(clock=clock, heartbeat_interval_ms=100)
+    sub = zmq_green.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, p.HEARTBEAT_TOPIC)
+        sub.setsockopt(zmq.SUBSCRIBE, p.room_topic("lobby"))
+        sub.connect(broker.endpoints["events"])
+        dealer = raw_dealer(broker.endpoints["control"])
+        assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="alice"))), p.Welcome)
+        assert isinstance(roundtrip(dealer, p.encode(p.Join(req_id=2, room="lobby"))), p.Joined)
+
+        def next_published(match):
+            with gevent.Timeout(5):
+                for _ in range(1000):
+                    _topic, message = p.decode_published(sub.recv_multipart())
+                    if match(message):
+                        return message
+            raise AssertionError("nothing matched")
+
+        beat = next_published(lambda m: isinstance(m, p.Heartbeat))  # subscribed, too
+        assert beat.ts_ms == clock.wall_ms()
+        assert broker.session_of("alice") is not None  # no time has passed for the broker
+        clock.advance(10.0)  # past heartbeat_liveness intervals of 0.1 s
+        gone = next_published(lambda m: isinstance(m, p.RoomEvent) and m.type != "join")
+        assert (gone.type, gone.sender, gone.ts_ms) == ("gone", "alice", clock.wall_ms())
+        assert broker.session_of("alice") is None
+    finally:
+        sub.close(linger=0)
+
+
+def test_two_services_handling_one_request_fail_the_start(make_broker):
+    from zmeet.broker.chat import ChatService
+
+    with pytest.raises(ValueError, match="two services handle"):
+        make_broker(services=[ChatService])

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmeet.chat import ChatError, Rooms, check_text
+from zmeet.chat import Rooms, check_text
+from zmeet.errors import Refused
 from zmeet.protocol import ErrorCode, RoomEvent, is_valid_nick, is_valid_room
 from zmeet.protocol.limits import MAX_ROOM_TOPIC_BYTES, MAX_ROOMS_PER_SESSION, MAX_TEXT_BYTES
 
@@ -54,8 +55,8 @@ def rooms(clock, store) -> Rooms:
     return Rooms(clock, store.load_room, new_id=lambda: f"id{next(ids)}")
 
 
-def refused(code: ErrorCode, call, *args) -> ChatError:
-    with pytest.raises(ChatError) as info:
+def refused(code: ErrorCode, call, *args) -> Refused:
+    with pytest.raises(Refused) as info:
         call(*args)
     assert info.value.code == code, info.value.reason
     assert info.value.reason

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from proc import ZMEET, Proc, start_broker
+from proc import REPO, ZMEET, Proc, start_broker
 from zmeet_cli.main import main
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,6 +41,120 @@ def test_help_lists_every_command():
     assert result.exit_code == 0
     for command in ("broker", "join", "say", "tail"):
         assert command in result.output
+
+
+EXPECTED_COMMANDS = {"broker", "say", "tail", "join", "ttt", "guess", "games", "send", "files",
+                     "fetch", "bench"}
+
+
+def listed_commands(help_text: str) -> set[str]:
+    """The command names of a click group's ``--help`` (its "Commands:" section)."""
+    lines = help_text.splitlines()
+    start = lines.index("Commands:") + 1
+    return {line.split()[0] for line in lines[start:] if line.startswith("  ") and line.strip()}
+
+
+def test_the_module_and_the_script_offer_the_same_commands():
+    script = Path(sys.executable).with_name("zmeet")
+    runs = {
+        "python -m zmeet_cli": [sys.executable, "-m", "zmeet_cli", "--help"],
+        "zmeet": [str(script), "--help"],
+        "python -m zmeet_cli.main": [*ZMEET, "--help"],
+    }
+    offered = {}
+    for name, args in runs.items():
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (name, done.stderr)
+        offered[name] = listed_commands(done.stdout)
+    assert offered["python -m zmeet_cli"] == offered["zmeet"] == EXPECTED_COMMANDS
+    assert offered["python -m zmeet_cli.main"] == EXPECTED_COMMANDS
+
+
+def test_the_cli_package_has_no_import_circles():
+    """Every import between modules of cli/ (TYPE_CHECKING and function-level ones too) goes
+    one way: the composition root imports the features, never the other way round."""
+    package = REPO / "cli"
+    modules = {path.stem for path in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        edges = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    edges.add(node.module.split(".")[0])
+                elif node.level == 1:
+                    edges.update(alias.name for alias in node.names)
+                elif node.module and node.module.startswith("zmeet_cli."):
+                    edges.add(node.module.split(".")[1])
+                elif node.module == "zmeet_cli":
+                    edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name.split(".")[1] for alias in node.names
+                             if alias.name.startswith("zmeet_cli."))
+        edges &= modules
+    importers_of_root = {m for m, deps in graph.items() if "main" in deps}
+    assert importers_of_root <= {"__main__"}, importers_of_root
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph[module]):
+            assert dep not in [*path, module], f"import circle: {' -> '.join([*path, module, dep])}"
+            visit(dep, [*path, module])
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert graph["main"] >= {"bench", "broker", "chat", "files", "games"}
+
+
+def recording_plugin(word: str, event_type: str = "poll"):
+    """A chat terminal plugin with one command, one line, item and event handler, one help
+    line and a renderer for ``event_type``; returns it and the list of what reached it."""
+    from zmeet_cli.terminal import Plugin
+
+    seen: list = []
+    plugin = Plugin(
+        commands={word: lambda term, rest: seen.append(("command", rest))},
+        line_handlers=[lambda term, line: line == "42" and not seen.append(("line", line))],
+        item_handlers=[lambda term, item: isinstance(item, int)
+                       and not seen.append(("item", item))],
+        event_handlers=[lambda term, event: seen.append(("event", event.type))],
+        help_lines=[f"  {word}  does things"],
+        renderers={event_type: lambda event: f"* {event.sender} polls: {event.text}"},
+    )
+    return plugin, seen
+
+
+def test_the_chat_terminal_takes_plugins_as_instances():
+    from types import SimpleNamespace
+
+    import gevent.event
+    from zmeet_cli.terminal import ChatTerminal
+
+    from zmeet.protocol import RoomEvent
+
+    lines: list[str] = []
+    (first, first_seen), (second, second_seen) = (recording_plugin("/poll"),
+                                                  recording_plugin("/vote", "vote"))
+    session = SimpleNamespace(rooms=("lobby",), nick="me")  # no request is made
+    term = ChatTerminal(session, "lobby", gevent.event.Event(), plugins=[first, second],
+                        out=lines.append)
+    term.handle("/POLL  tea or coffee ")
+    term.handle("42")
+    term.handle("/help")
+    assert first_seen == [("command", "tea or coffee"), ("line", "42")]
+    assert lines[-1].splitlines()[-2:] == ["  /poll  does things", "  /vote  does things"]
+    term.dispatch(7)
+    term.dispatch(RoomEvent(room="lobby", seq=1, id="a", ts_ms=0, type="poll", sender="bob",
+                            text="tea?"))
+    assert lines[-1].endswith("] * bob polls: tea?")
+    assert first_seen[-2:] == [("item", 7), ("event", "poll")] and ("item", 7) not in second_seen
+    other = ChatTerminal(session, "lobby", gevent.event.Event(),
+                         plugins=[recording_plugin("/x")[0]], out=lines.append)
+    other.dispatch(RoomEvent(room="lobby", seq=2, id="b", ts_ms=0, type="vote", sender="bob",
+                             text="yes"))
+    assert lines[-1].endswith("] * bob vote yes")  # the renderers are the terminal's own
+    with pytest.raises(ValueError, match="/poll"):
+        ChatTerminal(session, "lobby", gevent.event.Event(),
+                     plugins=[recording_plugin("/poll")[0], recording_plugin("/poll", "vote")[0]])
 
 
 def test_nick_is_required():

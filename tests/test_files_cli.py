@@ -119,6 +119,20 @@ def test_send_a_folder_list_it_and_fetch_it_with_relative_paths(broker, tmp_path
     assert any(ids[0] in line and "trip photos/a b.txt" in line for line in plain.stdout)
 
 
+def test_tail_reads_a_shared_file_as_the_files_feature_renders_it(broker, tmp_path):
+    assert zmeet("say", "r", "marker", broker=broker, nick="alice").wait() == 0
+    tail = zmeet("tail", "r", "--history", "1", "--timeout", "60", broker=broker, nick="watcher")
+    tail.expect(r"<alice> marker")  # printed after JOINED: the watcher is in the room
+    src = tmp_path / "notes.txt"
+    src.write_text("hello")
+    send = zmeet("send", str(src), "--room", "r", broker=broker, nick="alice")
+    assert send.wait() == 0, send.stderr
+    file_id = send.stdout[-1].rsplit(" as ", 1)[1]
+    tail.expect(rf"\* alice shared notes\.txt \(5 B\) as {file_id}$")
+    tail.signal(signal.SIGINT)
+    assert tail.wait() == 0
+
+
 def test_progress_is_json_for_scripts_and_no_bar_when_output_is_not_a_terminal(broker, tmp_path):
     src = make_file(tmp_path / "f.bin", 2 * MiB)
     plain = zmeet("send", str(src), "--room", "r", broker=broker, nick="alice")
@@ -310,21 +324,11 @@ class FakeMeeting:
         self.viewer = FakeViewer()
 
 
-class FakeTerminal:
-    def __init__(self, session) -> None:
-        self.session = session
-        self.meeting = FakeMeeting()
-        self.lines: list[str] = []
-        self.accept_files = False
-
-    def out(self, line: str) -> None:
-        self.lines.append(line)
-
-
 def test_a_shared_image_shows_a_preview_tile(connect, tmp_path):
     import cv2
     import numpy as np
     import zmeet_cli.files as cli_files
+    from zmeet_cli.terminal import ChatTerminal
 
     from zmeet.client.files import FileClient
 
@@ -336,16 +340,14 @@ def test_a_shared_image_shows_a_preview_tile(connect, tmp_path):
     alice, bob = connect("alice"), connect("bob")
     for session in (alice, bob):
         session.join("meet")
-    term = FakeTerminal(bob)
-    cli_files.attach(term)
+    lines: list[str] = []
+    term = ChatTerminal(bob, "meet", gevent.event.Event(), plugins=[cli_files.FilesChat()],
+                        out=lines.append)
+    term.meeting = FakeMeeting()
 
-    def pump() -> None:  # as ChatTerminal.pump_events does
+    def pump() -> None:  # as ChatTerminal.pump_events does, bounded
         for _ in range(100):
-            item = bob.events.get()
-            if isinstance(item, p.RoomEvent):
-                term.out(cli_files.event_line(item))
-            else:
-                cli_files._on_event(term, item)
+            term.dispatch(bob.events.get())
 
     pumper = gevent.spawn(pump)
     uploader = FileClient(alice)
@@ -355,8 +357,8 @@ def test_a_shared_image_shows_a_preview_tile(connect, tmp_path):
     sender, kind, tile = term.meeting.viewer.shown[0]
     assert (sender, kind) == ("alice", "image")
     assert max(tile.shape[:2]) <= 320 and tile[10, 10].tolist() == [0, 200, 0]
-    assert any("shared shot.png (" in line and info.id in line for line in term.lines)
-    assert any(f"/get {info.id} saves it" in line for line in term.lines)
+    assert any("shared shot.png (" in line and info.id in line for line in lines)
+    assert any(f"/get {info.id} saves it" in line for line in lines)
     assert not (tmp_path / "bob").exists()  # a preview is fetched into memory, not saved
     pumper.kill()
     uploader.stop_pump()
@@ -364,14 +366,18 @@ def test_a_shared_image_shows_a_preview_tile(connect, tmp_path):
 
 def test_a_file_event_reads_well_and_a_bad_one_falls_back():
     import zmeet_cli.files as cli_files
+    from zmeet_cli.render import event_line as plain_event_line
+
+    def event_line(event, show_room=True):
+        return plain_event_line(event, show_room=show_room, renderers=cli_files.RENDERERS)
 
     event = p.RoomEvent(room="r", seq=3, id="x", ts_ms=0, type="file", sender="alice",
                         text=json.dumps({"id": "0123456789ab", "name": "a\x1b[2Jb.txt",
                                          "size": 2048, "sha256": "0" * 64}))
-    line = cli_files.event_line(event, show_room=False)
+    line = event_line(event, show_room=False)
     assert line.endswith("* alice shared a\\x1b[2Jb.txt (2.0 KiB) as 0123456789ab")
     bad = p.RoomEvent(room="r", seq=4, id="y", ts_ms=0, type="file", sender="alice", text="{")
-    assert cli_files.event_line(bad).endswith("* alice file {")
+    assert event_line(bad).endswith("* alice file {")
     assert cli_files.file_event_fields(bad) is None
     assert pf.FILE_EVENT_TYPE == "file"
 

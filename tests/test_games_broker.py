@@ -8,6 +8,7 @@ are a minute in real life are a fraction of a second here (GamesService settings
 from __future__ import annotations
 
 import functools
+import threading
 
 import msgpack
 import pytest
@@ -308,3 +309,24 @@ def test_running_games_are_listed_and_history_survives_a_restart(make_broker, co
     (record,) = reader.request(pg.GameHistory, nick="alice").records
     assert (record.id, record.winner, record.reason) == (game_id, "alice", "resign")
     assert reader.request(pg.GameHistory, nick="carol").records == ()
+
+
+def test_game_history_does_not_park_the_control_loop_while_the_store_is_slow(
+    make_broker, raw_dealer, roundtrip, recv
+):
+    """GAME-HISTORY reads in the games store's thread; while that thread is held (a slow disk),
+    the same client's next request is answered first, and the history comes when it is free."""
+    broker = make_broker()
+    (games,) = [s for s in broker.services if isinstance(s, GamesService)]
+    dealer = raw_dealer(broker.endpoints["control"])
+    assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="reader"))), p.Welcome)
+    slow_disk = threading.Event()
+    held = games._store_thread.spawn(slow_disk.wait, 10)  # the store thread is busy until set
+    try:
+        dealer.send_multipart(p.encode(pg.GameHistory(req_id=2, limit=5)))
+        pong = roundtrip(dealer, p.encode(p.Ping(req_id=3)))
+        assert isinstance(pong, p.Pong) and pong.req_id == 3  # before the history's reply
+    finally:
+        slow_disk.set()
+    held.get(timeout=5)
+    assert recv(dealer) == pg.GameRecords(req_id=2, records=())

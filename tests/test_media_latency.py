@@ -15,11 +15,15 @@ from pathlib import Path
 import gevent
 import numpy as np
 import pytest
+import zmq
+import zmq.green as zmq_green
 from proc import ZMEET, Proc, start_broker
 
 from zmeet import protocol as p
 from zmeet.client.media import MAX_FRAME_AGE_MS, MediaPublisher, MediaSubscriber
 from zmeet.client.session import Session
+from zmeet.clock import ManualClock
+from zmeet.clock import now_us as _now_us
 from zmeet.devices import encode_jpeg
 from zmeet.devices.audio import AudioEncoder, Speaker
 from zmeet.media import Pacer
@@ -31,10 +35,6 @@ MEDIA = Path(__file__).resolve().parents[1] / ".." / "shared" / "media"
 WAIT_S = 60.0
 AV_SYNC_BOUND_MS = 100  # EN 301 549, 6.5
 AGE_BOUND_MS = 400  # design: MAX_FRAME_AGE_MS past the quickest frame, plus one stall of the hub
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class _RecordingViewer:
@@ -179,3 +179,57 @@ def test_a_slow_receiver_shows_fresh_frames_while_the_sender_runs_at_full_rate(
     assert MAX_FRAME_AGE_MS < AGE_BOUND_MS
     # it fell behind, and the frames it could not show were dropped, not queued for later
     assert stats["superseded"] + stats["stale"] + stats["lost"] > 0
+
+
+class _FakeSession:
+    """What MediaSubscriber uses of a Session, pointing at a test's own PUB."""
+
+    def __init__(self, context, media_out: str, nick: str) -> None:
+        self.context = context
+        self.nick = nick
+        self.welcome = object()
+        self.endpoints = {"media_out": media_out}
+        self.welcome_listeners: list = []
+
+
+def test_the_subscriber_ages_frames_by_the_clock_it_is_given() -> None:
+    """The clock seam: with a ManualClock, a frame's age is exactly that clock's wall time
+    minus the frame's capture time, and a frame older than its stream's quickest by more
+    than MAX_FRAME_AGE_MS is dropped as stale, never shown."""
+    clock = ManualClock()
+    context = zmq_green.Context.instance()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"inproc://media-clock-{id(pub)}"
+    pub.bind(endpoint)
+    viewer = _RecordingViewer()
+    sub = MediaSubscriber(_FakeSession(context, endpoint, "bob"), ["room"], viewer=viewer,
+                          clock=clock)
+    shown_at: list[int] = []
+    sub.on_shown = lambda frame, now_us: shown_at.append(now_us)
+
+    def send(sender: str, seq: int, age_ms: int) -> None:
+        pub.send_multipart(p.encode_published(p.MediaFrame(
+            room="room", kind="video", seq=seq, capture_ts_us=clock.wall_us() - age_ms * 1000,
+            pts_ms=seq, width=1, height=1, fps=30.0, codec="jpeg", sender=sender,
+            payload=b"x")))
+
+    try:
+        sub.start()
+        for seq in range(200):  # the subscription is live once a probe gets through
+            send("probe", seq, 10)
+            if sub.first_frame.wait(timeout=0.05):
+                break
+        assert sub.first_frame.is_set()
+        for n, age_ms in enumerate((10, 10 + int(MAX_FRAME_AGE_MS) + 1, 100), start=1):
+            clock.advance(1.0)
+            send("alice", n, age_ms)
+            assert sub.wait_until(lambda n=n: sub.received("alice", "video") >= n, WAIT_S)
+    finally:
+        sub.stop()
+        pub.close(linger=0)
+    stats = sub.stats()["streams"]["alice"]["video"]
+    assert stats["stale"] == 1 and stats["shown"] == 2
+    assert stats["last_age_ms"] == 100.0
+    assert stats["max_shown_age_ms"] == 100.0
+    assert shown_at[-1] == clock.wall_us()

@@ -142,7 +142,7 @@ def test_the_member_list_follows_joins_leaves_and_gones(broker, connect, wait_fo
     dave.join("lobby")
     bob.leave("lobby")
     carol.close(bye=False)  # vanishes: the broker ends the session as if her pings were late
-    broker._end_session(broker.session_of("carol"), "gone", "dropped by the test")
+    broker.end_session(broker.session_of("carol"), "gone", "dropped by the test")
     dave.say("lobby", "marker")
     wait_for(alice, chat("marker"))
     assert alice.members("lobby") == ("alice", "dave")
@@ -211,7 +211,7 @@ def _prove_subscriptions(broker, session, probe_room, timeout_s=5.0):
     deadline = time.monotonic() + timeout_s
     try:
         for _ in range(1000):
-            broker._publish(p.encode_published(probe))
+            broker.publish(probe)
             if seen.wait(timeout=0.02) or time.monotonic() > deadline:
                 break
         assert seen.is_set(), "the probe never arrived"
@@ -283,10 +283,10 @@ def test_an_event_published_before_the_subscription_takes_effect_comes_at_the_ne
     assert held.held == [p.room_topic("lobby")]
     posted = alice.say("lobby", "in the window")  # published while bob's SUB is not subscribed
     sub.setsockopt(zmq.SUBSCRIBE, p.room_topic("lobby"))
-    heartbeat = p.encode_published(p.Heartbeat(epoch=broker.epoch, ts_ms=0, interval_ms=60_000))
+    heartbeat = p.Heartbeat(epoch=broker.epoch, ts_ms=0, interval_ms=60_000)
     seen = []
     for _ in range(200):  # until bob's SUB has its heartbeat subscription and takes one
-        broker._publish(heartbeat)
+        broker.publish(heartbeat)
         try:
             item = bob.events.get(timeout=0.05)
         except gevent.queue.Empty:
@@ -310,7 +310,7 @@ def test_a_session_the_broker_dropped_rejoins_by_itself(broker, connect, wait_fo
     bob = connect("bob")
     bob.join("lobby")
     session = next(s for s in broker.sessions.values() if s.nick == "bob")
-    broker._end_session(session, "gone", "dropped by the test")  # as if its pings were late
+    broker.end_session(session, "gone", "dropped by the test")  # as if its pings were late
     wait_for(bob, notice("reconnected"), timeout_s=5)
     assert "bob" in alice.info("lobby").members
     alice.say("lobby", "welcome back")

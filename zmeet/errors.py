@@ -42,16 +42,26 @@ class BrokerUnavailable(ZmeetError):
     """The broker did not answer. Is `zmeet broker` running, and is --broker right?"""
 
 
-class RequestRefused(ZmeetError):
-    """The broker refused a request: ``code`` and ``reason`` say why (docs/protocol.md, Errors)."""
+class Refused(ZmeetError):
+    """A request was refused: ``code`` (an :class:`zmeet.protocol.ErrorCode` value, an int) and
+    ``reason`` (text for people) say why (docs/protocol.md, "Errors").
+
+    The one refusal type of zmeet. On the broker, a service handler or a domain rule (chat
+    rooms, games) raises it and the broker answers ``ERROR(req_id, code, reason)`` and serves
+    on; on the client, :class:`~zmeet.client.Session` raises it for an ERROR reply.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
-        self.code = code
+        self.code = int(code)
         self.reason = reason
 
 
-class NickInUse(RequestRefused):
+RequestRefused = Refused
+"""The name the client side used for :class:`Refused` (kept for its importers)."""
+
+
+class NickInUse(Refused):
     """That nick is in use on this broker: choose another with --nick."""
 
 

@@ -45,12 +45,12 @@ import gevent
 import gevent.event
 
 from .. import protocol as p
-from ..chat import ChatError
 from ..chat.rooms import check_nick, check_room
+from ..errors import Refused as ChatError  # the one refusal type (zmeet.errors)
 from ..files.hashing import hash_range, is_sha256, read_exact, write_and_hash
 from ..files.progress import format_size
 from ..protocol import files as pf
-from .service import DEFAULT_SERVICES, Service
+from .service import Service
 
 if TYPE_CHECKING:
     from .server import Broker, ClientSession
@@ -663,7 +663,7 @@ class FilesService(Service):
         room = rooms.room(info.room)
         text = json.dumps({"id": info.id, "name": info.name, "size": info.size,
                            "sha256": info.sha256}, ensure_ascii=False)
-        broker.post_event(room.name, pf.FILE_EVENT_TYPE, session.nick, text)
+        broker.publish_events([rooms.post(room.name, pf.FILE_EVENT_TYPE, session.nick, text)])
 
     # download -------------------------------------------------------------------------------
 
@@ -760,7 +760,3 @@ class FilesService(Service):
         else:
             files = self.store.direct(session.nick, req.limit)
         return pf.FileListed(req_id=req.req_id, room=req.room, files=tuple(files))
-
-
-if FilesService not in DEFAULT_SERVICES:
-    DEFAULT_SERVICES.append(FilesService)

@@ -7,9 +7,11 @@ nothing, and games nobody watches cost no publishing).
 
 Finished games are stored in their own SQLite file, ``games.sqlite3`` in the broker's data
 directory (WAL mode), so that the chat store's file is left to the chat. Every access to it
-runs on one thread of its own, in order: finished games are written there in batches, off the
-hub (a WAL checkpoint's fsync can take tens of milliseconds on a busy disk), and GAME-HISTORY
-reads there too, after the writes queued before it.
+runs on one thread of its own, in order, driven by the service's store greenlet: finished games
+are written there in batches, off the hub (a WAL checkpoint's fsync can take tens of
+milliseconds on a busy disk), and GAME-HISTORY reads there too, after the writes queued before
+it. Its handler does not wait for that read: it defers the reply
+(:class:`~zmeet.broker.service.Deferred`), and the store greenlet sends it.
 
 The bot thinks off the hub: a tic-tac-toe move is a search of up to tens of milliseconds
 (about 60 ms for an empty 3 x 3 board, the first time; 5 x 5 boards up to ~100 ms), so it runs
@@ -23,27 +25,25 @@ import json
 import logging
 import random
 import sqlite3
-import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
 import gevent.threadpool
 
 from .. import protocol as p
-from ..chat import ChatError
+from ..errors import Refused
 from ..games import BOT_NAME, Arena, ArenaSettings, GameError, Table
 from ..games.arena import BotTurn, Changed, Closed, Finished, Offered
 from ..games.base import Game
 from ..games.guess import Guess
 from ..protocol import games as pg
 from ..protocol.limits import is_valid_nick
-from .service import DEFAULT_SERVICES, Service
-
-if TYPE_CHECKING:
-    from .server import Broker, ClientSession
+from .service import BrokerCore, Deferred, Handler, Service
+from .sessions import ClientSession
 
 log = logging.getLogger("zmeet.broker.games")
 
@@ -143,16 +143,17 @@ def _result(table: Table) -> tuple[str, str, str]:
 
 class GamesService(Service):
     """Games on the broker (docs/protocol.md, "Games"). ``settings`` shortens the windows in
-    tests; ``clock`` (monotonic seconds) and ``rng`` are injected into the arena."""
+    tests; ``clock`` (monotonic seconds; default the broker's clock) and ``rng`` are injected
+    into the arena."""
 
     name = "games"
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerCore,
         settings: ArenaSettings | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(broker)
@@ -160,19 +161,21 @@ class GamesService(Service):
         self._store: GamesStore | None = None
         self._store_thread = gevent.threadpool.ThreadPool(1)  # FIFO: writes, then reads
         self._to_store: list[pg.GameRecord] = []
+        self._reads: deque[Deferred] = deque()
+        """GAME-HISTORY requests waiting for the store greenlet, oldest first."""
         self._store_wakeup = gevent.event.Event()
         self._writer: gevent.Greenlet | None = None
         self._thinking: set[gevent.Greenlet] = set()
         self._closed = False
         self.arena = Arena(
-            clock=clock, wall_ms=lambda: int(time.time() * 1000), is_online=self._is_online,
-            rng=rng or random.Random(), settings=self.settings,
+            clock=clock or broker.clock.monotonic_s, wall_ms=broker.clock.wall_ms,
+            is_online=self._is_online, rng=rng or random.Random(), settings=self.settings,
         )
 
     # plug-in API ------------------------------------------------------------------------------
 
-    def handlers(self) -> dict[type, Callable[[ClientSession, Any], Any]]:
-        table: dict[type, Callable[[ClientSession, Any], p.Reply]] = {
+    def handlers(self) -> dict[type, Handler]:
+        table: dict[type, Handler] = {
             pg.Challenge: self._challenge, pg.Accept: self._accept, pg.Decline: self._decline,
             pg.MakeMove: self._move, pg.Resign: self._resign, pg.Claim: self._claim,
             pg.Rematch: self._rematch, pg.Watch: self._watch, pg.ListGames: self._list,
@@ -221,29 +224,60 @@ class GamesService(Service):
 
     def _in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the store thread, after everything queued there before; the
-        calling greenlet waits, the hub does not."""
+        calling greenlet waits, the hub does not. Never call it from a handler."""
         return self._store_thread.apply(fn, args)
 
-    def _write_loop(self) -> None:
+    def _wake_store(self) -> None:
+        """Have the store greenlet (started on first use) write and read what waits."""
+        if self._closed:
+            return
+        if self._writer is None:
+            self._writer = gevent.spawn(self._store_loop)
+        self._store_wakeup.set()
+
+    def _store_loop(self) -> None:
+        """The store greenlet: the finished games recorded so far are written, then the oldest
+        GAME-HISTORY read waiting is answered, in turn, until nothing waits."""
         while True:
             self._store_wakeup.wait()
             self._store_wakeup.clear()
-            batch, self._to_store = self._to_store, []
-            if not batch:
-                continue
-            try:
-                self._in_store_thread(self._store_add, batch)
-            except Exception:
-                log.exception("could not store %d finished games", len(batch))
+            while True:
+                batch, self._to_store = self._to_store, []
+                written = True
+                if batch:  # what was recorded before a read goes in first
+                    try:
+                        self._in_store_thread(self._store_add, batch)
+                    except Exception:
+                        log.exception("could not store %d finished games", len(batch))
+                        written = False
+                if not self._reads:
+                    break
+                self._answer_history(self._reads.popleft(), written)
+
+    def _answer_history(self, deferred: Deferred, written: bool) -> None:
+        """Read the games store for a GAME-HISTORY request and answer it; ERROR 500 if the
+        games recorded before it could not be written or the store cannot be read."""
+        req = deferred.request
+        assert isinstance(req, pg.GameHistory)
+        try:
+            if not written:
+                raise sqlite3.Error("the finished games before this request were not stored")
+            records = self._in_store_thread(self._store_recent, req.limit, req.nick)
+        except sqlite3.Error:
+            log.exception("could not read the games store")
+            deferred.refuse(p.ErrorCode.INTERNAL_ERROR,
+                            "the broker could not read its games store")
+            return
+        deferred.reply(pg.GameRecords(req_id=req.req_id, records=tuple(records)))
 
     # requests ---------------------------------------------------------------------------------
 
-    def _guarded(self, handler: Callable[[ClientSession, Any], p.Reply]):
-        def run(session: ClientSession, request: Any) -> p.Reply:
+    def _guarded(self, handler: Handler) -> Handler:
+        """``handler``, then the arena's effects carried out, whether it answered or raised
+        (a GameError is a Refused: the broker answers it)."""
+        def run(session: ClientSession, request: Any) -> p.Reply | Deferred:
             try:
                 return handler(session, request)
-            except GameError as exc:
-                raise ChatError(exc.code, exc.reason) from None  # type: ignore[arg-type]
             finally:
                 self._dispatch()
 
@@ -251,8 +285,8 @@ class GamesService(Service):
 
     def _challenge(self, session: ClientSession, req: pg.Challenge) -> p.Reply:
         if not req.bot and not is_valid_nick(req.opponent):
-            raise ChatError(p.ErrorCode.INVALID_NAME,
-                            f"invalid nick {req.opponent[:40]!r} to challenge")
+            raise Refused(p.ErrorCode.INVALID_NAME,
+                          f"invalid nick {req.opponent[:40]!r} to challenge")
         got = self.arena.challenge(session.nick, req.game, req.opponent, req.options,
                                    req.move_timeout_s, bot=req.bot)
         if isinstance(got, Table):
@@ -298,23 +332,20 @@ class GamesService(Service):
         tables = self.arena.running(req.nick or None)[: req.limit]
         return pg.GameList(req_id=req.req_id, games=tuple(self.view(t, None) for t in tables))
 
-    def _history(self, session: ClientSession, req: pg.GameHistory) -> p.Reply:
+    def _history(self, session: ClientSession, req: pg.GameHistory) -> Deferred:
+        """Deferred: the store greenlet reads, after the games recorded before, and replies."""
         self._check_limit(req.limit)
-        batch, self._to_store = self._to_store, []
-        try:
-            if batch:  # what the writer has not taken yet goes first
-                self._in_store_thread(self._store_add, batch)
-            records = self._in_store_thread(self._store_recent, req.limit, req.nick)
-        except sqlite3.Error:
-            log.exception("could not read the games store")
-            raise ChatError(p.ErrorCode.INTERNAL_ERROR, "the broker could not read its games "
-                            "store") from None
-        return pg.GameRecords(req_id=req.req_id, records=tuple(records))
+        if self._closed:
+            raise Refused(p.ErrorCode.INTERNAL_ERROR, "the games service is stopping")
+        deferred = self.broker.defer(session, req)
+        self._reads.append(deferred)
+        self._wake_store()
+        return deferred
 
     @staticmethod
     def _check_limit(limit: int) -> None:
         if not 1 <= limit <= MAX_LIST:
-            raise ChatError(p.ErrorCode.TOO_MANY, f"limit must be 1 to {MAX_LIST}")
+            raise Refused(p.ErrorCode.TOO_MANY, f"limit must be 1 to {MAX_LIST}")
 
     # effects ----------------------------------------------------------------------------------
 
@@ -417,9 +448,7 @@ class GamesService(Service):
             ended_ms=table.ended_ms, rematch_of=table.rematch_of,
         )
         self._to_store.append(record)
-        if self._writer is None and not self._closed:
-            self._writer = gevent.spawn(self._write_loop)
-        self._store_wakeup.set()
+        self._wake_store()
 
     def _bot_turn(self, effect: BotTurn) -> None:
         table = effect.table
@@ -456,7 +485,3 @@ class GamesService(Service):
 
     def _expires_in_ms(self, expires_at: float) -> int:
         return max(0, int((expires_at - self.arena.clock()) * 1000))
-
-
-if GamesService not in DEFAULT_SERVICES:
-    DEFAULT_SERVICES.append(GamesService)

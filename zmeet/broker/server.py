@@ -1,4 +1,12 @@
-"""The zmeet broker: gevent and ``zmq.green`` drive the chat domain and the store.
+"""The zmeet broker core: gevent and ``zmq.green`` drive its services (chat, games, files)
+and the store.
+
+The core keeps the sessions, dispatches each request to the handler its service declared
+(:mod:`zmeet.broker.service`), remembers replies per session, commits a batch's room events in
+one transaction before it publishes them and sends the replies (group commit), and runs the
+heartbeats. A handler never waits: it returns a reply, or a
+:class:`~zmeet.broker.service.Deferred` that its service answers later from a greenlet of its
+own; what greenlets other than the control loop send goes out at once, never held by a batch.
 
 Sockets (docs/architecture.md, "Lanes"):
 
@@ -20,11 +28,9 @@ import logging
 import os
 import re
 import secrets
-import time
-from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import gevent
 import gevent.event
@@ -32,8 +38,9 @@ import zmq
 import zmq.green as zmq_green
 
 from .. import protocol as p
-from ..chat import ChatError, Rooms
-from ..clock import SYSTEM_CLOCK
+from ..chat import Rooms
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import Refused
 from ..protocol.limits import (
     DEFAULT_HISTORY,
     HEARTBEAT_INTERVAL_MS,
@@ -51,17 +58,16 @@ from ..protocol.limits import (
     PROTOCOL_VERSION,
 )
 from ..zmqio import recv_rest, send_parts
+from .chat import ChatService
 from .media import MediaLane, native_forwarder
-from .service import DEFAULT_SERVICES, TICK_INTERVAL_S, Service, ServiceFactory
+from .service import TICK_INTERVAL_S, Deferred, Handler, Service, ServiceFactory
+from .sessions import ClientSession
 from .store import Store
 
 log = logging.getLogger("zmeet.broker")
 
 DRAIN_BATCH = 256
 """Messages handled per wake-up before the loop yields to other greenlets."""
-
-REPLY_CACHE_SIZE = 64
-"""Replies remembered per session, so a retried ``req_id`` gets its first reply."""
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 
@@ -116,8 +122,13 @@ class BrokerConfig:
     history: int = DEFAULT_HISTORY
     heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
     heartbeat_liveness: int = HEARTBEAT_LIVENESS
-    services: list[ServiceFactory] | None = None
-    """Service factories; None: DEFAULT_SERVICES."""
+    services: list[ServiceFactory] = field(default_factory=list)
+    """The broker's features beyond chat (which the core always runs): one factory each, called
+    with the broker at :meth:`Broker.start` (``zmeet.broker.default_services()`` gives games
+    and files with their settings). Two services that handle the same request class: start
+    raises ValueError."""
+    clock: Clock = SYSTEM_CLOCK
+    """Every time read of the broker core and its chat and games services."""
     max_file_size: int = 4 * 1024**3
     """Largest file the files service takes, in octets (``--max-file-size``; WELCOME.limits)."""
     media_forwarder: str = "auto"
@@ -136,14 +147,20 @@ class BrokerConfig:
 
 
 @dataclass
-class ClientSession:
-    """What the broker knows of one connected client (keyed by control routing id)."""
+class _Batch:
+    """What goes out together: room events stored in one SQLite transaction, then published,
+    then the control-lane sends held meanwhile (docs/architecture.md, "Group commit").
 
-    routing_id: bytes
-    nick: str
-    media_token: bytes
-    last_seen: float
-    replies: OrderedDict[int, list[bytes]] = field(default_factory=OrderedDict)
+    The control loop opens one per wake-up; anything else (a service's greenlet, a tick, the
+    heartbeat expiry, a deferred reply from another greenlet) makes one of its own and
+    commits it at once."""
+
+    events: list[p.RoomEvent] = field(default_factory=list)
+    out: list[tuple[bytes, list[bytes], bool, int]] = field(default_factory=list)
+    """``(routing_id, frames, needs_store, req_id)``: a reply that ``needs_store`` becomes
+    ERROR 500 if the events are not stored."""
+    deferred: list[Deferred] = field(default_factory=list)
+    """Deferred replies whose handler made events in this batch."""
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -152,6 +169,11 @@ _NOBLOCK = int(zmq.NOBLOCK)
 class Broker:
     """A zmeet broker. :meth:`start` binds and spawns; :meth:`stop` stops; endpoints are in
     :attr:`endpoints` after :meth:`start` (wildcard ports resolved).
+
+    The core: sessions, the dispatch of requests to services by their handler tables (chat,
+    :class:`~zmeet.broker.chat.ChatService`, always; then ``config.services``), the reply cache,
+    group commit and heartbeats; it is the :class:`~zmeet.broker.service.BrokerCore` its
+    services see.
 
     Raises ``zmq.ZMQError`` from :meth:`start` if an endpoint cannot be bound (address in use).
     """
@@ -169,13 +191,19 @@ class Broker:
         self._stopping = False
         self._control_greenlet: gevent.Greenlet | None = None
         self.crashed = False
-        self._batching = False
-        self._pending_events: list[p.RoomEvent] = []
-        self._pending_out: list[tuple[bytes, list[bytes], bool, int]] = []
+        self._batch: _Batch | None = None
+        """The control loop's open batch; only the control greenlet adds to it (:meth:`_open`)."""
         self._stopped = gevent.event.Event()
         self.store: Store | None = None
         self.rooms: Rooms | None = None
+        self.services: list[Service] = []
+        self._handlers: dict[type, Handler] = {}
         self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0}
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of every time read of the core and its services (``config.clock``)."""
+        return self.config.clock
 
     # lifecycle --------------------------------------------------------------------------------
 
@@ -187,12 +215,20 @@ class Broker:
         ids = itertools.count(1)
         # message ids: this run's epoch and a counter (unique across restarts, 7x cheaper
         # than uuid4 on the hot path)
-        self.rooms = Rooms(time.time, self.store.load_room, lambda: f"{self.epoch}-{next(ids):x}")
-        factories = DEFAULT_SERVICES if cfg.services is None else cfg.services
-        self.services: list[Service] = [factory(self) for factory in factories]
-        self._handlers: dict[type, Any] = {}
-        for service in self.services:
-            self._handlers.update(service.handlers())
+        self.rooms = Rooms(cfg.clock.wall_s, self.store.load_room,
+                           lambda: f"{self.epoch}-{next(ids):x}")
+        try:
+            self.chat = ChatService(self)
+            self.services = [self.chat, *(factory(self) for factory in cfg.services)]
+            self._handlers = {}
+            for service in self.services:
+                for cls, handler in service.handlers().items():
+                    if cls in self._handlers:
+                        raise ValueError(f"two services handle {cls.__name__}")
+                    self._handlers[cls] = handler
+        except Exception:
+            self.store.close()
+            raise
         wanted = cfg.endpoints()
         ctx = self.context
         self._control = ctx.socket(zmq.ROUTER)
@@ -201,7 +237,7 @@ class Broker:
         self._events = ctx.socket(zmq.PUB)
         self.media = MediaLane(ctx, native, by_token=self._by_token,
                                is_member=self.rooms.is_member, send_direct=self.send_direct,
-                               clock=SYSTEM_CLOCK, stats=self.stats)
+                               clock=cfg.clock, stats=self.stats)
         sockets = {"control": self._control, "events": self._events}
         try:
             for lane, sock in sockets.items():
@@ -281,7 +317,7 @@ class Broker:
         green, raw = self._control, self._control_raw
         while True:
             first = _recv_control_rest(raw, green.recv())
-            self._batching = True
+            self._batch = batch = _Batch()
             try:
                 self._on_control(first)
                 for _ in range(DRAIN_BATCH):
@@ -291,27 +327,39 @@ class Broker:
                         break
                     self._on_control(_recv_control_rest(raw, head))
             finally:
-                self._batching = False
-                self._flush()
+                batch = self._batch or batch  # a commit() meanwhile started a new one
+                self._batch = None
+                self._commit(batch)
             gevent.sleep(0)
 
-    def _flush(self) -> None:
-        """Group commit: store the batch's events in one transaction, then publish them, then
-        send the replies held back meanwhile (docs/architecture.md, "Group commit")."""
-        events, self._pending_events = self._pending_events, []
-        out, self._pending_out = self._pending_out, []
+    def _open(self) -> tuple[_Batch, bool]:
+        """The batch a send or an event of the calling greenlet joins, and whether it must be
+        committed now: the control loop's open batch for the control greenlet, a new one of
+        its own (committed at once) for any other greenlet."""
+        batch = self._batch
+        if batch is not None and gevent.getcurrent() is self._control_greenlet:
+            return batch, False
+        return _Batch(), True
+
+    def _commit(self, batch: _Batch) -> bool:
+        """Group commit: store ``batch``'s events in one transaction, then publish them, then
+        send its replies (docs/architecture.md, "Group commit"). Whether the events were stored
+        (True when there were none); if not, they are not published, the replies that needed
+        them become ERROR 500 and the pending deferred replies will."""
         stored = True
-        if events:
+        if batch.events:
             assert self.store is not None
             try:
-                self.store.append(events)
+                self.store.append(batch.events)
             except Exception:
-                log.exception("could not store %d events: not published", len(events))
+                log.exception("could not store %d events: not published", len(batch.events))
                 stored = False
+                for deferred in batch.deferred:
+                    deferred.store_failed = True
             else:
-                for event in events:
+                for event in batch.events:
                     send_parts(self._events_raw, p.encode_published(event))
-        for routing_id, frames, needs_store, req_id in out:
+        for routing_id, frames, needs_store, req_id in batch.out:
             if needs_store and not stored:
                 frames = p.encode(p.Error(req_id=req_id, code=p.ErrorCode.INTERNAL_ERROR,
                                           reason="the broker could not store this"))
@@ -320,12 +368,22 @@ class Broker:
                     session.replies.pop(req_id, None)
             # a ROUTER drops what it cannot route (peer gone, queue full): never raises here
             send_parts(self._control_raw, [routing_id, *frames])
-        if out and gevent.getcurrent() is not self._control_greenlet:
+        if batch.out and gevent.getcurrent() is not self._control_greenlet:
             # A send on the raw socket can consume the edge of the ZMQ_FD that the control
             # greenlet waits on; it would then sleep with requests queued until zmq.green's
             # fallback poll. Reading ZMQ_EVENTS through the green socket's get() re-checks
             # the state and wakes it, as zmq.green does after its own sends.
             self._control.get(zmq.EVENTS)
+        return stored
+
+    def commit(self) -> None:
+        """Store and send what the control loop's batch holds now, and go on in a new one:
+        a handler that reads the store calls it first, so that what it reads includes the
+        batch's events. Outside the control greenlet there is nothing to commit."""
+        batch = self._batch
+        if batch is not None and gevent.getcurrent() is self._control_greenlet:
+            self._batch = _Batch()
+            self._commit(batch)
 
     def _on_control(self, frames: list[bytes]) -> None:
         routing_id, body = frames[0], frames[1:]
@@ -341,137 +399,114 @@ class Broker:
         except p.RemoteProtocolError as exc:
             self.stats["errors"] += 1
             log.debug("bad message from %s: %s", routing_id.hex(), exc.reason)
-            self._reply(routing_id, p.Error(req_id=exc.req_id, code=exc.code, reason=exc.reason))
+            self._send(routing_id, p.encode(p.Error(req_id=exc.req_id, code=exc.code,
+                                                    reason=exc.reason)))
             return
         session = self.sessions.get(routing_id)
         if session is not None:
-            session.last_seen = time.monotonic()
+            session.last_seen = self.clock.monotonic_s()
             cached = session.replies.get(request.req_id)
             if cached is not None and not isinstance(request, p.Ping):
-                self._pending_out.append((routing_id, cached, False, request.req_id))
+                if not isinstance(cached, Deferred):  # pending: nothing more to send yet
+                    self._send(routing_id, cached)
                 return
-        events_before = len(self._pending_events)
+        batch = self._batch
+        events_before = len(batch.events) if batch is not None else 0
         try:
             reply = self._dispatch(routing_id, session, request)
-        except ChatError as exc:
+        except Refused as exc:
             self.stats["errors"] += 1
-            reply = p.Error(req_id=request.req_id, code=int(exc.code), reason=exc.reason)
+            reply = p.Error(req_id=request.req_id, code=exc.code, reason=exc.reason)
         except Exception:
             log.exception("error handling %s", type(request).__name__)
             reply = p.Error(
                 req_id=request.req_id, code=p.ErrorCode.INTERNAL_ERROR, reason="internal error"
             )
-        made_events = len(self._pending_events) > events_before
-        frames_out = self._reply(routing_id, reply, needs_store=made_events)
+        now = self._batch
+        # a commit() inside the handler went on in a new batch: what is in it is the handler's
+        made_events = now is not None and len(now.events) > (
+            events_before if now is batch else 0)
+        if isinstance(reply, Deferred):  # in the reply cache already (defer); answered later
+            if made_events and now is not None:
+                now.deferred.append(reply)
+            return
+        frames_out = p.encode(reply)
+        self._send(routing_id, frames_out, needs_store=made_events, req_id=reply.req_id)
         session = self.sessions.get(routing_id)
         if session is not None and not isinstance(request, p.Ping):
-            session.replies[request.req_id] = frames_out
-            if len(session.replies) > REPLY_CACHE_SIZE:
-                session.replies.popitem(last=False)
-
-    def _reply(self, routing_id: bytes, reply: p.Reply, needs_store: bool = False) -> list[bytes]:
-        frames = p.encode(reply)
-        self._pending_out.append((routing_id, frames, needs_store, reply.req_id))
-        if not self._batching:
-            self._flush()
-        return frames
+            session.remember(request.req_id, frames_out)
 
     def _dispatch(
         self, routing_id: bytes, session: ClientSession | None, req: p.Request
-    ) -> p.Reply:
+    ) -> p.Reply | Deferred:
         if isinstance(req, p.Hello):
-            return self._hello(routing_id, session, req)
+            return self.chat.hello(routing_id, session, req)
         if session is None:
-            raise ChatError(p.ErrorCode.NO_SESSION, "no session: send HELLO first")
-        rooms = self.rooms
-        assert rooms is not None and self.store is not None
-        nick = session.nick
+            raise Refused(p.ErrorCode.NO_SESSION, "no session: send HELLO first")
         handler = self._handlers.get(type(req))
-        if handler is not None:
-            return handler(session, req)
-        if isinstance(req, p.Ping):
-            return p.Pong(req_id=req.req_id, ts_ms=int(time.time() * 1000))
-        if isinstance(req, p.Say):
-            event = rooms.say(req.room, nick, req.text)
-            self._publish_events([event])
-            log.debug("chat %s#%d from %s", req.room, event.seq, nick)
-            return p.Posted(req_id=req.req_id, room=req.room, seq=event.seq, id=event.id,
-                            ts_ms=event.ts_ms)
-        if isinstance(req, p.Join | p.History | p.Info):
-            self._flush()  # what the store returns must include this batch's events
-        if isinstance(req, p.Join):
-            count = self.config.history if req.history < 0 else req.history
-            if count > MAX_HISTORY:
-                raise ChatError(p.ErrorCode.TOO_MANY, f"history is limited to {MAX_HISTORY}")
-            event = rooms.join(req.room, nick)
-            if event is not None:
-                self._publish_events([event])
-                log.info("%s joined %s", nick, req.room)
-            room = rooms.room(req.room)
-            return p.Joined(
-                req_id=req.req_id,
-                room=room.name,
-                topic=room.topic,
-                members=tuple(room.members),
-                last_seq=room.last_seq,
-                history=tuple(self.store.recent_chat(room.name, count)),
-            )
-        if isinstance(req, p.Leave):
-            self._publish_events([rooms.leave(req.room, nick)])
-            log.info("%s left %s", nick, req.room)
-            return p.Ok(req_id=req.req_id)
-        if isinstance(req, p.History):
-            rooms.room(req.room)  # validates the name
-            if not rooms.is_member(req.room, nick):
-                raise ChatError(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
-            if req.after_seq < 0:
-                raise ChatError(p.ErrorCode.BAD_REQUEST, "after_seq must be 0 or more")
-            if not 0 <= req.limit <= MAX_HISTORY:
-                raise ChatError(p.ErrorCode.TOO_MANY, f"limit must be 0 to {MAX_HISTORY}")
-            return p.Events(req_id=req.req_id, room=req.room,
-                            events=tuple(self.store.after(req.room, req.after_seq, req.limit)))
-        if isinstance(req, p.Info):
-            room = rooms.peek(req.room)
-            return p.RoomInfo(req_id=req.req_id, room=room.name, topic=room.topic,
-                              members=tuple(room.members),
-                              message_count=self.store.chat_count(room.name),
-                              last_seq=room.last_seq)
-        if isinstance(req, p.SetTopic):
-            self._publish_events([rooms.set_topic(req.room, nick, req.topic)])
-            return p.Ok(req_id=req.req_id)
-        if isinstance(req, p.Bye):
-            self._end_session(session, "leave", "quit")
-            return p.Ok(req_id=req.req_id)
-        raise ChatError(p.ErrorCode.UNKNOWN_COMMAND, f"{req.COMMAND.decode()} is not handled")
+        if handler is None:
+            raise Refused(p.ErrorCode.UNKNOWN_COMMAND, f"{req.COMMAND.decode()} is not handled")
+        return handler(session, req)
 
-    def _hello(self, routing_id: bytes, session: ClientSession | None, req: p.Hello) -> p.Reply:
-        rooms = self.rooms
-        assert rooms is not None
-        if session is not None and session.nick != req.nick:
-            holder = rooms.holder(req.nick)
-            if holder is not None and holder != routing_id:  # keep the old session on refusal
-                raise ChatError(p.ErrorCode.NICK_IN_USE, f"nick {req.nick!r} is in use")
-            from ..chat.rooms import check_nick
+    def _send(self, routing_id: bytes, frames: list[bytes], needs_store: bool = False,
+              req_id: int = 0) -> None:
+        """Send ``frames`` to ``routing_id`` on the control lane, after the events of the batch
+        it joins (:meth:`_open`) are stored and published."""
+        batch, now = self._open()
+        batch.out.append((routing_id, frames, needs_store, req_id))
+        if now:
+            self._commit(batch)
 
-            check_nick(req.nick)
-            self._end_session(session, "leave", "new nick")
-            session = None
-        rooms.claim_nick(req.nick, routing_id)  # raises NICK_IN_USE, INVALID_NAME
-        if session is None:
-            session = ClientSession(
-                routing_id, req.nick, b"m" + secrets.token_bytes(15), time.monotonic()
-            )
-            self.sessions[routing_id] = session
-            self._by_token[session.media_token] = session
-            log.info("%s connected (%s)", req.nick, req.client or "unknown client")
-        return p.Welcome(
-            req_id=req.req_id,
-            nick=req.nick,
-            epoch=self.epoch,
-            endpoints=dict(self.endpoints),
-            limits=self.limits(),
-            media_token=session.media_token,
-        )
+    def defer(self, session: ClientSession, request: p.Request) -> Deferred:
+        """A pending reply to ``request`` of ``session``, for its handler to return when the
+        answer comes later: :meth:`Deferred.reply` or :meth:`Deferred.refuse`, from any
+        greenlet (zmeet.broker.service).
+
+        It takes ``request.req_id``'s place in the session's reply cache at once: a retry while
+        it is pending gets nothing. A handler that defers must return the Deferred (a reply it
+        returns or an error it raises instead wins, and the Deferred's reply is dropped).
+        """
+        deferred = Deferred(session, request, self._send_deferred)
+        session.remember(request.req_id, deferred)
+        return deferred
+
+    def _send_deferred(self, deferred: Deferred, reply: p.Reply) -> None:
+        """Send a deferred reply on the path of any reply: into the reply cache, after the
+        events made before it are stored and published (in the control loop, after the batch's
+        commit; elsewhere at once); dropped if its session has ended or the broker stopped."""
+        session = deferred.session
+        routing_id = session.routing_id
+        if self._stopping or self.sessions.get(routing_id) is not session:
+            log.debug("dropped the deferred reply to %s: its session ended", session.nick)
+            return
+        cached = session.replies.get(deferred.req_id)
+        if cached is not None and cached is not deferred:
+            return  # the handler answered otherwise
+        if deferred.store_failed:  # what its handler posted was not stored
+            session.replies.pop(deferred.req_id, None)
+            self._send(routing_id, p.encode(p.Error(
+                req_id=deferred.req_id, code=p.ErrorCode.INTERNAL_ERROR,
+                reason="the broker could not store this")))
+            return
+        frames = p.encode(reply)
+        batch, now = self._open()
+        # inside the control loop's batch it goes out after the batch's events, and must not
+        # claim success if they fail
+        batch.out.append((routing_id, frames, not now and bool(batch.events), deferred.req_id))
+        session.remember(deferred.req_id, frames)
+        if now:
+            self._commit(batch)
+
+    # sessions ---------------------------------------------------------------------------------
+
+    def open_session(self, routing_id: bytes, nick: str) -> ClientSession:
+        """A new session for ``nick`` (claimed in :attr:`rooms` already) at ``routing_id``,
+        with a fresh media token."""
+        session = ClientSession(routing_id, nick, b"m" + secrets.token_bytes(15),
+                                self.clock.monotonic_s())
+        self.sessions[routing_id] = session
+        self._by_token[session.media_token] = session
+        return session
 
     def limits(self) -> dict[str, int]:
         """The limits told to clients in WELCOME (docs/protocol.md, "Limits")."""
@@ -493,7 +528,9 @@ class Broker:
             "max_file_size": self.config.max_file_size,
         }
 
-    def _end_session(self, session: ClientSession, type_: str, reason: str) -> None:
+    def end_session(self, session: ClientSession, type_: str, reason: str) -> None:
+        """End ``session``: every service hears it, its nick leaves its rooms (events of
+        ``type_``, ``leave`` or ``gone``, with ``reason``) and it is forgotten."""
         assert self.rooms is not None
         for service in self.services:
             try:
@@ -501,53 +538,50 @@ class Broker:
             except Exception:
                 log.exception("service %s failed on the end of %s", service.name, session.nick)
         events = self.rooms.release_nick(session.nick, type_, reason)
-        self._publish_events(events)
+        try:
+            self.publish_events(events)
+        except Refused:
+            pass  # logged by the commit; the session ends all the same
         self.sessions.pop(session.routing_id, None)
         self._by_token.pop(session.media_token, None)
         log.info("%s %s (%s)", session.nick, "gone" if type_ == "gone" else "disconnected", reason)
-
-    def _publish_events(self, events: list[p.RoomEvent]) -> None:
-        """Store, then publish (the Clone pattern: nothing is published that was not stored).
-
-        Inside a batch of the control loop the events wait for the batch's one commit."""
-        self._pending_events.extend(events)
-        if not self._batching:
-            self._flush()
-
-    def _publish(self, frames: list[bytes]) -> None:
-        send_parts(self._events_raw, frames)
 
     # for services ---------------------------------------------------------------------------
 
     def session_of(self, nick: str) -> ClientSession | None:
         """The session holding ``nick``, or None."""
         assert self.rooms is not None
-        routing_id = self.rooms.holder(nick)
-        return None if routing_id is None else self.sessions.get(routing_id)  # type: ignore[arg-type]
+        routing_id = self.rooms.holder(nick)  # the owner claim_nick was given: a routing id
+        return self.sessions.get(routing_id) if isinstance(routing_id, bytes) else None
 
     def send_direct(self, session: ClientSession, message: p.Message) -> None:
         """Send ``session`` a message it did not ask for (a :class:`~zmeet.protocol.Direct`) on
-        the control lane; inside a batch it goes out after the batch's commit."""
-        self._pending_out.append((session.routing_id, p.encode(message), False, 0))
-        if not self._batching:
-            self._flush()
+        the control lane; inside the control loop's batch it goes out after the batch's commit,
+        from any other greenlet at once."""
+        self._send(session.routing_id, p.encode(message))
 
-    def post_event(self, room: str, type_: str, nick: str, text: str = "") -> p.RoomEvent:
-        """Make a room event of a feature's ``type_`` (``file``, ...) by ``nick`` in ``room``:
-        sequenced, stored, then published like a chat line. Raises ChatError INVALID_NAME."""
-        assert self.rooms is not None
-        event = self.rooms.post(room, type_, nick, text)
-        self._publish_events([event])
-        return event
+    def publish_events(self, events: Iterable[p.RoomEvent]) -> None:
+        """Store room ``events`` (made by :attr:`rooms`: ``say``, ``post``, ...), then publish
+        them: the Clone pattern, nothing is published that was not stored.
+
+        Inside the control loop's batch they wait for the batch's one commit (and a reply that
+        follows goes after them, or becomes ERROR 500 if they cannot be stored). From any other
+        greenlet they are committed at once; raises :class:`~zmeet.errors.Refused`
+        INTERNAL_ERROR (500) if they could not be stored (they are then not published)."""
+        batch, now = self._open()
+        batch.events.extend(events)
+        if now and not self._commit(batch):
+            raise Refused(p.ErrorCode.INTERNAL_ERROR, "the broker could not store this")
 
     def publish(self, message: p.Message) -> None:
-        """Publish a registered published message (not stored; room events use the chat path)."""
+        """Publish a registered published message that is not stored (HEARTBEAT, GAME-STATE),
+        at once: PUB never waits, and past a subscriber's high-water mark it drops."""
         send_parts(self._events_raw, p.encode_published(message))
 
     def _tick_loop(self) -> None:
         while True:
             gevent.sleep(TICK_INTERVAL_S)
-            now = time.monotonic()
+            now = self.clock.monotonic_s()
             for service in self.services:
                 try:
                     service.tick(now)
@@ -560,12 +594,11 @@ class Broker:
         interval_s = self.config.heartbeat_interval_ms / 1000
         expiry_s = interval_s * self.config.heartbeat_liveness
         while True:
-            self._publish(p.encode_published(p.Heartbeat(
-                epoch=self.epoch, ts_ms=int(time.time() * 1000),
-                interval_ms=self.config.heartbeat_interval_ms)))
-            now = time.monotonic()
+            self.publish(p.Heartbeat(epoch=self.epoch, ts_ms=self.clock.wall_ms(),
+                                     interval_ms=self.config.heartbeat_interval_ms))
+            now = self.clock.monotonic_s()
             for session in [s for s in self.sessions.values() if now - s.last_seen > expiry_s]:
-                self._end_session(session, "gone", "heartbeats stopped")
+                self.end_session(session, "gone", "heartbeats stopped")
             gevent.sleep(interval_s)
 
     # media lane (zmeet.broker.media) ----------------------------------------------------------
@@ -590,4 +623,4 @@ def _recv_control_rest(sock: zmq.Socket, routing_id: bytes) -> list:
     return parts
 
 
-__all__ = ["Broker", "BrokerConfig", "default_data_dir", "derive_endpoints"]
+__all__ = ["Broker", "BrokerConfig", "ClientSession", "default_data_dir", "derive_endpoints"]

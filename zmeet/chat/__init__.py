@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .rooms import ChatError, Rooms, check_text
+from .rooms import Rooms, check_nick, check_room, check_text
 
-__all__ = ["ChatError", "Rooms", "check_text"]
+__all__ = ["Rooms", "check_nick", "check_room", "check_text"]

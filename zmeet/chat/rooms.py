@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..errors import ZmeetError
+from ..errors import Refused
 from ..protocol import ErrorCode, RoomEvent
 from ..protocol.limits import (
     MAX_ROOM_TOPIC_BYTES,
@@ -22,42 +22,33 @@ from ..protocol.limits import (
 )
 
 
-class ChatError(ZmeetError):
-    """A chat request broke a rule; ``code`` is the :class:`ErrorCode` to answer with."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 def check_text(text: str, limit_bytes: int = MAX_TEXT_BYTES, what: str = "message") -> None:
-    """Raise :class:`ChatError` MESSAGE_TOO_LARGE if ``text`` is over ``limit_bytes`` of UTF-8,
+    """Raise :class:`Refused` MESSAGE_TOO_LARGE if ``text`` is over ``limit_bytes`` of UTF-8,
     BAD_REQUEST if it cannot be encoded (lone surrogates)."""
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ChatError(ErrorCode.BAD_REQUEST, f"{what} is not valid Unicode") from None
+        raise Refused(ErrorCode.BAD_REQUEST, f"{what} is not valid Unicode") from None
     if size > limit_bytes:
-        raise ChatError(
+        raise Refused(
             ErrorCode.MESSAGE_TOO_LARGE,
             f"{what} is {size} bytes of UTF-8; the limit is {limit_bytes}",
         )
 
 
 def check_nick(nick: str) -> None:
-    """Raise :class:`ChatError` INVALID_NAME unless ``nick`` is 1 to 32 of ``[A-Za-z0-9_-]``."""
+    """Raise :class:`Refused` INVALID_NAME unless ``nick`` is 1 to 32 of ``[A-Za-z0-9_-]``."""
     if not is_valid_nick(nick):
-        raise ChatError(
+        raise Refused(
             ErrorCode.INVALID_NAME,
             f"invalid nick {nick[:40]!r}: use 1 to 32 letters, digits, '_' or '-'",
         )
 
 
 def check_room(room: str) -> None:
-    """Raise :class:`ChatError` INVALID_NAME unless ``room`` is 1 to 64 of ``[A-Za-z0-9_-]``."""
+    """Raise :class:`Refused` INVALID_NAME unless ``room`` is 1 to 64 of ``[A-Za-z0-9_-]``."""
     if not is_valid_room(room):
-        raise ChatError(
+        raise Refused(
             ErrorCode.INVALID_NAME,
             f"invalid room {room[:70]!r}: use 1 to 64 letters, digits, '_' or '-'",
         )
@@ -76,7 +67,7 @@ class Room:
 class Rooms:
     """The broker's chat state.
 
-    ``clock`` returns wall-clock seconds since the Unix epoch (``time.time`` in the broker, a
+    ``clock`` returns wall-clock seconds since the Unix epoch (the broker clock's ``wall_s``, a
     fake in tests); ``load_room`` returns ``(last_seq, topic)`` of a room from the store the
     first time the room is touched, so sequence numbers go on across broker restarts.
     """
@@ -97,12 +88,12 @@ class Rooms:
     # nicks ----------------------------------------------------------------------------------
 
     def claim_nick(self, nick: str, owner: object) -> None:
-        """Give ``nick`` to ``owner`` (a session key). Raises :class:`ChatError` INVALID_NAME or
+        """Give ``nick`` to ``owner`` (a session key). Raises :class:`Refused` INVALID_NAME or
         NICK_IN_USE (the holder keeps it). Claiming a nick one already holds is a no-op."""
         check_nick(nick)
         holder = self._nicks.get(nick)
         if holder is not None and holder != owner:
-            raise ChatError(ErrorCode.NICK_IN_USE, f"nick {nick!r} is in use")
+            raise Refused(ErrorCode.NICK_IN_USE, f"nick {nick!r} is in use")
         self._nicks[nick] = owner
         self._joined.setdefault(nick, set())
 
@@ -172,7 +163,7 @@ class Rooms:
         if nick in room.members:
             return None
         if len(joined) >= MAX_ROOMS_PER_SESSION:
-            raise ChatError(ErrorCode.TOO_MANY, f"at most {MAX_ROOMS_PER_SESSION} rooms at once")
+            raise Refused(ErrorCode.TOO_MANY, f"at most {MAX_ROOMS_PER_SESSION} rooms at once")
         room.members[nick] = None
         joined.add(name)
         return self._event(room, "join", nick)
@@ -183,7 +174,7 @@ class Rooms:
         joined = self._require(nick)
         room = self.room(name)
         if nick not in room.members:
-            raise ChatError(ErrorCode.NOT_MEMBER, f"you are not in room {name!r}")
+            raise Refused(ErrorCode.NOT_MEMBER, f"you are not in room {name!r}")
         del room.members[nick]
         joined.discard(name)
         return self._event(room, type_, nick, reason)
@@ -194,7 +185,7 @@ class Rooms:
         room = self._member_room(name, nick)
         check_text(text)
         if not text.strip():
-            raise ChatError(ErrorCode.BAD_REQUEST, "empty message")
+            raise Refused(ErrorCode.BAD_REQUEST, "empty message")
         return self._event(room, "chat", nick, text)
 
     def set_topic(self, name: str, nick: str, topic: str) -> RoomEvent:
@@ -217,14 +208,14 @@ class Rooms:
     def _require(self, nick: str) -> set[str]:
         joined = self._joined.get(nick)
         if joined is None:
-            raise ChatError(ErrorCode.NO_SESSION, "say HELLO first")
+            raise Refused(ErrorCode.NO_SESSION, "say HELLO first")
         return joined
 
     def _member_room(self, name: str, nick: str) -> Room:
         self._require(nick)
         room = self.room(name)
         if nick not in room.members:
-            raise ChatError(ErrorCode.NOT_MEMBER, f"join room {name!r} first")
+            raise Refused(ErrorCode.NOT_MEMBER, f"join room {name!r} first")
         return room
 
     def all_rooms(self) -> Iterable[Room]:

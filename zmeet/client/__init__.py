@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .games import GameClient
 from .session import Notice, Session, resolve_endpoint
 
-__all__ = ["Notice", "Session", "resolve_endpoint"]
+__all__ = ["GameClient", "Notice", "Session", "resolve_endpoint"]

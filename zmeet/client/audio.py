@@ -1,29 +1,27 @@
-"""Audio on the media lane, and each participant's media state (docs/protocol.md, "Audio
-frames" and "Media state").
+"""Audio on the media lane (docs/protocol.md, 3.9.1 "Audio frames").
 
 :class:`AudioLane` captures the microphone and publishes 20 ms frames of kind ``audio``
-(codec ``opus``, or ``pcm`` without PyAV); it decodes what the others send into an
+(codec ``opus``, or ``pcm`` without PyAV) through a :class:`FrameSender` (the meeting's
+:class:`~zmeet.client.media.MediaPublisher`); it decodes what the others send into an
 :class:`~zmeet.media.audio.AudioMixer` (a jitter buffer per speaker) that the speaker pulls
 from every 20 ms; it writes the mixed audio to a WAV file for ``--record``.
 
-:class:`MediaState` is what a participant tells the others about its media: muted, video on,
-screen on. It travels as a ``state`` frame (codec ``json``) on the media lane, on every change
-and every :data:`STATE_INTERVAL_S` (so a late joiner learns it, and a lost one is repaired).
+Each participant's media state (muted, video on, screen on) is
+:class:`zmeet.protocol.MediaState`; the meeting sends it (:mod:`zmeet.client.media`). This
+module imports nothing of the media lane's sockets: the meeting hands it a sender.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import numpy as np
 
 from .. import protocol as p
+from ..clock import SYSTEM_CLOCK, Clock
 from ..devices.audio import (
     DEFAULT_OPUS_BITRATE_BPS,
     AudioDecoder,
@@ -35,48 +33,20 @@ from ..devices.audio import (
 )
 from ..errors import DeviceError, RemoteProtocolError
 from ..media.audio import AUDIO_PTIME_MS, FRAME_SAMPLES, AudioMixer, silence
-from .media import MediaPublisher
 
 log = logging.getLogger("zmeet.audio")
 
-STATE_INTERVAL_S = 1.0
-"""How often a participant repeats its media state."""
-
-MAX_STATE_BYTES = 256
 AUDIO_FPS = 1000 / AUDIO_PTIME_MS
 MIXED_WAV = "mixed-audio.wav"
 """File name of the mixed audio in the ``--record`` folder."""
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
+class FrameSender(Protocol):
+    """Where the audio lane sends its frames: :meth:`MediaPublisher.send_frame`."""
 
-
-@dataclass(frozen=True)
-class MediaState:
-    """A participant's media as others should show it: ``muted`` (audio on but not sent:
-    a muted badge), ``audio``, ``video`` and ``screen`` (being sent; video off: a dark tile)."""
-
-    audio: bool = False
-    muted: bool = False
-    video: bool = False
-    screen: bool = False
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> MediaState:
-        """Raises :class:`RemoteProtocolError` for a payload that is not such a JSON object."""
-        if len(payload) > MAX_STATE_BYTES:
-            raise RemoteProtocolError("state payload too large")
-        try:
-            body = json.loads(bytes(payload))
-        except ValueError:
-            raise RemoteProtocolError("state payload is not JSON") from None
-        if not isinstance(body, dict):
-            raise RemoteProtocolError("state payload is not an object")
-        return cls(**{k: body.get(k) is True for k in ("audio", "muted", "video", "screen")})
+    def send_frame(self, frame: p.MediaFrame) -> bool:
+        """Send one frame ``NOBLOCK``; False if it was dropped (a full queue, or closed)."""
+        ...
 
 
 class AudioLane:
@@ -86,13 +56,15 @@ class AudioLane:
     (``output_device``; False: a playout clock without a sound card, which still mixes, for
     ``record_dir`` and tests). ``codec`` is ``opus`` or ``pcm`` (default: opus if PyAV is
     installed). :meth:`on_frame` is the media subscriber's handler for ``audio`` frames.
+    ``publisher`` sends the frames (None: receive only). ``clock`` gives the monotonic time
+    of playout and the rates and the wall time of audio delays (default the system's).
     Raises :class:`DeviceError` from :meth:`start` if a device or the WAV file cannot be opened.
     """
 
     def __init__(
         self,
         room: str,
-        publisher: MediaPublisher | None,
+        publisher: FrameSender | None,
         *,
         capture: bool = True,
         input_device: int | str | None = None,
@@ -100,9 +72,11 @@ class AudioLane:
         codec: str | None = None,
         bitrate_bps: int = DEFAULT_OPUS_BITRATE_BPS,
         record_dir: str | Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.room = room
         self.publisher = publisher
+        self.clock = clock
         self.capture = capture
         self.input_device = input_device
         self.output_device = output_device
@@ -140,7 +114,7 @@ class AudioLane:
 
     def _pull(self) -> np.ndarray:
         # the speaker's thread (PortAudio's callback or the playout clock): no gevent here
-        mixed = self.mixer.pull(time.monotonic(), _now_us()).mixed
+        mixed = self.mixer.pull(self.clock.monotonic_s(), self.clock.wall_us()).mixed
         if self.wav is None and self.record_dir is not None and self.mixer.buffers:
             try:  # created with the first audio received, like the video files
                 self.wav = WavWriter(self.record_dir / MIXED_WAV)
@@ -196,7 +170,7 @@ class AudioLane:
         self.received_bytes[frame.sender] = (
             self.received_bytes.get(frame.sender, 0) + len(frame.payload)
         )
-        self.first_received_s.setdefault(frame.sender, time.monotonic())
+        self.first_received_s.setdefault(frame.sender, self.clock.monotonic_s())
         self.mixer.push(frame.sender, frame.seq, frame.capture_ts_us, block)
 
     def remove(self, sender: str) -> None:
@@ -216,7 +190,7 @@ class AudioLane:
             self.wav.close()
 
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self.clock.monotonic_s()
         bitrate = {}
         for sender, n in self.received_bytes.items():
             span = max(1e-3, now - self.first_received_s[sender])

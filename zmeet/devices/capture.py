@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
+from ..clock import now_us as _now_us
 from ..errors import DeviceError
 from ._thread import DeviceThread
 from ._x11 import check_x_display
@@ -35,10 +36,6 @@ MAX_SANE_FPS = 240.0
 
 def _sane_fps(value: float) -> float | None:
     return value if math.isfinite(value) and 0 < value <= MAX_SANE_FPS else None
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)

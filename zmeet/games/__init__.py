@@ -2,7 +2,8 @@
 (challenges, turns, clocks, disconnects, rematches). No sockets; clocks and randomness are
 injected. The broker drives it (:mod:`zmeet.broker.games`); clients use the rules to draw.
 
-A new game is one module: a :class:`Game` subclass, added to :data:`GAMES`.
+A new game is one module: a :class:`Game` subclass, added to :data:`GAMES`
+(:mod:`zmeet.games.registry`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from .base import (
     Outcome,
 )
 from .guess import Guess
+from .registry import GAMES
 from .tictactoe import TicTacToe
-
-GAMES: dict[str, type[Game]] = {TicTacToe.KIND: TicTacToe, Guess.KIND: Guess}
-"""Every game the broker runs, by its wire name."""
 
 __all__ = [
     "BOT_NAME", "GAMES", "REASONS", "Arena", "ArenaSettings", "Challenge", "Game", "GameError",

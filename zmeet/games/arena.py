@@ -36,6 +36,7 @@ from random import Random
 
 from .base import Game, GameError, GameErrorCode, GameOver
 from .bot import DEFAULT_NODE_BUDGET
+from .registry import GAMES
 
 BOT_NAME = "@bot"
 """The broker's bot as a player (never a valid nick, so never confused with one)."""
@@ -177,8 +178,6 @@ class Arena:
         id_taken: Callable[[str], bool] = lambda _id: False,
     ) -> None:
         if games is None:
-            from . import GAMES
-
             games = GAMES
         self.clock = clock
         self.wall_ms = wall_ms

@@ -15,7 +15,7 @@ from enum import IntEnum
 from random import Random
 from typing import ClassVar
 
-from ..errors import ZmeetError
+from ..errors import Refused
 from ..protocol.codes import ErrorCode
 
 
@@ -40,14 +40,10 @@ class GameErrorCode(IntEnum):
     """Too many running games or open challenges for this nick."""
 
 
-class GameError(ZmeetError):
+class GameError(Refused):
     """A game request broke a rule. ``code`` is a :class:`GameErrorCode`, ``reason`` text for
-    people; the broker answers ``ERROR(code, reason)`` and the player may try again."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = int(code)
-        self.reason = reason
+    people; the broker answers ``ERROR(code, reason)`` (it is a
+    :class:`~zmeet.errors.Refused`) and the player may try again."""
 
 
 class IllegalMove(GameError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .tictactoe import lines, lines_through
+from .lines import lines, lines_through
 
 DEFAULT_NODE_BUDGET = 20_000
 """Positions the bot may visit for one move. A full 3 x 3 search needs far fewer."""

@@ -2,16 +2,18 @@
 
 Cells are numbered 1 to N*N, row by row, as in the seeds' ``tictactoe.py``; a board is a tuple
 of N*N ints, 0 for a free cell, 1 for X (seat 0, who moves first) and 2 for O (seat 1).
-Pure: no I/O, no clock.
+Pure: no I/O, no clock. The line tables are in :mod:`zmeet.games.lines` (shared with the
+bot, which this module calls for :meth:`TicTacToe.bot_move`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from random import Random
 
 from .base import Game, GameError, GameErrorCode, IllegalMove, Move, Outcome
+from .bot import best_move
+from .lines import DIRECTIONS, lines
 
 MIN_SIZE = 3
 MAX_SIZE = 10
@@ -21,32 +23,6 @@ MIN_K = 3
 
 MARKS = (".", "X", "O")
 """How a cell value is drawn: free, seat 0, seat 1."""
-
-_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
-
-
-@lru_cache(maxsize=64)
-def lines(size: int, k: int) -> tuple[tuple[int, ...], ...]:
-    """Every run of ``k`` cells in a row, column or diagonal of a ``size`` x ``size`` board,
-    as tuples of 0-based cell indexes."""
-    out = []
-    for r in range(size):
-        for c in range(size):
-            for dr, dc in _DIRECTIONS:
-                end_r, end_c = r + dr * (k - 1), c + dc * (k - 1)
-                if 0 <= end_r < size and 0 <= end_c < size:
-                    out.append(tuple((r + dr * i) * size + c + dc * i for i in range(k)))
-    return tuple(out)
-
-
-@lru_cache(maxsize=64)
-def lines_through(size: int, k: int) -> tuple[tuple[tuple[int, ...], ...], ...]:
-    """For each cell index, the runs of :func:`lines` that contain it."""
-    by_cell: list[list[tuple[int, ...]]] = [[] for _ in range(size * size)]
-    for line in lines(size, k):
-        for i in line:
-            by_cell[i].append(line)
-    return tuple(tuple(x) for x in by_cell)
 
 
 def winner(cells: Sequence[int], size: int, k: int) -> int:
@@ -64,7 +40,7 @@ def wins_at(cells: Sequence[int], size: int, k: int, index: int) -> bool:
     if not mark:
         return False
     r0, c0 = divmod(index, size)
-    for dr, dc in _DIRECTIONS:
+    for dr, dc in DIRECTIONS:
         count = 1
         for sign in (1, -1):
             r, c = r0 + sign * dr, c0 + sign * dc
@@ -164,8 +140,6 @@ class TicTacToe(Game):
         self.cells = list(other.cells)
 
     def bot_move(self, seat: int, rng: Random, node_budget: int) -> int:
-        from .bot import best_move
-
         return best_move(self.board, self.size, self.k, seat + 1, node_budget)
 
     def render(self) -> str:
@@ -173,3 +147,9 @@ class TicTacToe(Game):
 
     def describe(self) -> str:
         return f"{self.TITLE} {self.size}x{self.size}, {self.k} in a row"
+
+
+__all__ = [
+    "MARKS", "MAX_SIZE", "MIN_K", "MIN_SIZE", "TicTacToe", "board_from_moves", "lines", "render",
+    "winner", "wins_at",
+]

@@ -1,4 +1,5 @@
-"""Media domain logic, pure: newest-frame-wins slots, loss counting, pacing, gallery tiling.
+"""Media domain logic, pure: newest-frame-wins slots, loss counting, pacing, gallery tiling,
+the stream selection of a meeting (:mod:`.selection`).
 
 No sockets, no windows, no clock but an injected one (DESIGN.md, "Layers"). The devices that
 capture, show and record frames are in :mod:`zmeet.devices`; the media lane's sockets in
@@ -8,6 +9,7 @@ capture, show and record frames are in :mod:`zmeet.devices`; the media lane's so
 from __future__ import annotations
 
 from .pacing import Clock, FpsMeter, Pacer
+from .selection import Selection, SelectionChange, StreamSelector
 from .slots import LatestSlot, SeqTracker
 from .tiling import (
     KIND_COLOURS_BGR,
@@ -23,6 +25,6 @@ from .tiling import (
 
 __all__ = [
     "KIND_COLOURS_BGR", "LABEL_BAR_PX", "Clock", "FpsMeter", "LatestSlot", "Pacer", "Rect",
-    "SeqTracker", "Tile", "fit_rect", "gallery_layout", "render_gallery", "resize_to",
-    "scaled_size",
+    "Selection", "SelectionChange", "SeqTracker", "StreamSelector", "Tile", "fit_rect",
+    "gallery_layout", "render_gallery", "resize_to", "scaled_size",
 ]

@@ -22,6 +22,7 @@ from .codec import (
 )
 from .codes import ErrorCode
 from .limits import HEADER, PROTOCOL_VERSION, is_valid_nick, is_valid_room
+from .media import MAX_STATE_BYTES, STATE_INTERVAL_S, MediaState
 from .messages import (
     ALL_MESSAGES,
     MEDIA_KINDS,
@@ -66,3 +67,4 @@ __all__ = [
     "decode_published", "encode", "encode_published", "is_valid_nick", "is_valid_room",
     "media_room_topic", "media_topic", "register", "room_topic", "topic_of",
 ]
+__all__ += ["MAX_STATE_BYTES", "STATE_INTERVAL_S", "MediaState"]  # media state (3.9.2)

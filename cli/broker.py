@@ -1,0 +1,96 @@
+"""``zmeet broker``: run a broker, with every service of this front end (files, games) and their
+settings given as options here (docs/protocol.md, 3.14 and 3.15).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from zmeet.broker import Broker, BrokerConfig, default_data_dir, default_services
+from zmeet.files import parse_size
+from zmeet.games import ArenaSettings
+from zmeet.protocol.limits import DEFAULT_HISTORY, HEARTBEAT_INTERVAL_MS
+
+from .common import LOG_LEVELS, _fail, _on_signals, _setup_logging
+
+
+@click.command()
+@click.option("--bind", "control", default="tcp://127.0.0.1:5555", show_default=True,
+              help="Control endpoint; the other lanes take the next ports (tcp://HOST:* for any).")
+@click.option("--events", default=None, help="Events (PUB) endpoint [control port + 1].")
+@click.option("--media-in", default=None, help="Media in (ROUTER) endpoint [control port + 2].")
+@click.option("--media-out", default=None, help="Media out (PUB) endpoint [control port + 3].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the SQLite store lives [$XDG_DATA_HOME/zmeet].")
+@click.option("--history", type=click.IntRange(0, 1000), default=DEFAULT_HISTORY,
+              show_default=True, help="Chat messages a join gets by default.")
+@click.option("--heartbeat-ms", type=click.IntRange(50, 60_000), default=HEARTBEAT_INTERVAL_MS,
+              show_default=True, help="Heartbeat interval; a client silent 5 intervals is gone.")
+@click.option("--log-level", "broker_log_level", default=None,
+              type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="INFO logs joins and leaves, DEBUG every message. [INFO]")
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+@click.option("--max-file-size", default="4G", show_default=True,
+              help="Largest file shared through this broker (e.g. 500M, 4G); told at HELLO.")
+@click.option("--media-forwarder", type=click.Choice(["auto", "native", "python"]),
+              default="auto", show_default=True,
+              help="Media forwarding loop: native (compiled at install) or python; auto takes "
+                   "native if it was built.")
+@click.option("--challenge-expiry", "challenge_expiry_s", type=click.FloatRange(0.1, 86_400),
+              default=60.0, show_default=True,
+              help="Seconds before an unanswered game challenge expires.")
+@click.option("--reconnect-window", "reconnect_window_s", type=click.FloatRange(0.1, 86_400),
+              default=60.0, show_default=True,
+              help="Seconds a game waits for a player who left to come back.")
+def broker(control, events, media_in, media_out, data_dir, history, heartbeat_ms,
+           broker_log_level, as_json, max_file_size="4G", media_forwarder="auto",
+           challenge_expiry_s=60.0, reconnect_window_s=60.0) -> None:
+    """Run a broker until Ctrl-C or SIGTERM.
+
+    Prints one line when every lane is bound, with the endpoints clients use.
+    """
+    _setup_logging(broker_log_level or "INFO")
+    try:
+        max_file_bytes = parse_size(max_file_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-file-size") from None
+    config = BrokerConfig(
+        control=control, events=events, media_in=media_in, media_out=media_out,
+        data_dir=data_dir or default_data_dir(), history=history,
+        heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
+        media_forwarder=media_forwarder,
+        services=default_services(ArenaSettings(challenge_expiry_s=challenge_expiry_s,
+                                        reconnect_window_s=reconnect_window_s)),
+    )
+    try:
+        config.endpoints()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bind") from None
+    server = Broker(config)
+    try:
+        server.start()
+    except Exception as exc:  # zmq.ZMQError (address in use), sqlite3.Error (bad store),
+        _fail(f"cannot start the broker: {exc}")  # RuntimeError (native forwarder not built)
+    handlers = _on_signals(server.stop)
+    if as_json:
+        click.echo(json.dumps({"type": "ready", "endpoints": server.endpoints,
+                               "epoch": server.epoch, "data_dir": str(config.data_dir),
+                               "media_forwarder": server.media_forwarder}))
+    else:
+        e = server.endpoints
+        click.echo(f"zmeet broker ready: control {e['control']} events {e['events']} "
+                   f"media-in {e['media_in']} media-out {e['media_out']} "
+                   f"data {config.data_dir} ({server.media_forwarder} media forwarder)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        for h in handlers:
+            h.cancel()
+        server.stop()
+    if server.crashed:
+        _fail("the broker stopped after an internal error (see the log above)")

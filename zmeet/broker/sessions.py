@@ -1,0 +1,40 @@
+"""What the broker knows of each connected client, and its reply cache.
+
+A module of its own so that the broker core (:mod:`.server`), its services
+(:mod:`.service`, :mod:`.chat`, :mod:`.games`, :mod:`.files`) and its media lane can all name a
+:class:`ClientSession` without importing one another.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+REPLY_CACHE_SIZE = 64
+"""Replies remembered per session, so a retried ``req_id`` gets its first reply."""
+
+
+@dataclass
+class ClientSession:
+    """What the broker knows of one connected client (keyed by control routing id).
+
+    ``last_seen`` is the monotonic time (seconds, the broker's clock) of its last request or
+    media frame.
+    """
+
+    routing_id: bytes
+    nick: str
+    media_token: bytes
+    last_seen: float
+    replies: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+    """Per ``req_id``, the reply frames sent (``list[bytes]``), or the
+    :class:`~zmeet.broker.service.Deferred` still pending; at most REPLY_CACHE_SIZE, oldest
+    forgotten first."""
+
+    def remember(self, req_id: int, reply: Any) -> None:
+        """Put ``reply`` (frames, or a pending Deferred) in the reply cache under ``req_id``,
+        forgetting the oldest past REPLY_CACHE_SIZE."""
+        self.replies[req_id] = reply
+        if len(self.replies) > REPLY_CACHE_SIZE:
+            self.replies.popitem(last=False)
