@@ -259,7 +259,7 @@ def _forward_round(media_in: str, media_out: str, identity: bytes, frames: list[
 
 def _bare_proxy_process() -> None:
     """``--bare-proxy``: ROUTER -> PUB ``zmq.proxy`` with the broker's media-lane options."""
-    from zmeet.broker.server import MEDIA_IN_HWM, MEDIA_OUT_HWM
+    from zmeet.broker.media import MEDIA_IN_HWM, MEDIA_OUT_HWM
     from zmeet.protocol.limits import MEDIA_SOCKET_BUFFER_BYTES
 
     ctx = zmq.Context()

@@ -1,32 +1,61 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The broker's media-lane forwarding loop in C: the same checks and the same output as
-``Broker._on_media`` (docs/protocol.md, 3.9), without Python's cost per socket call.
+"""The broker's media-lane forwarding loop in C: the frame-shape checks of
+:func:`zmeet.broker.media.well_formed` and the sends, around the one Python forwarding rule,
+:meth:`zmeet.broker.media.MediaLane.route` (docs/protocol.md, 3.9), without Python's cost per
+socket call.
 
 A media frame is five parts in (``token, header, command, meta, payload``) and five out
 (``topic, header, command, meta, payload``). In Python each part costs a pyzmq call of 3 to 5 µs;
 a forwarder that reads every frame spends 40 to 50 µs a frame in socket calls alone, against a
 bare ``zmq.proxy``'s 17 to 20 µs (benchmarks/NOTES.md). Here the parts are ``zmq_msg_t`` on the C
 stack, received and sent with libzmq's own calls, and only what routing needs (the token and the
-meta) becomes a Python object. The header, command, meta and payload go out as the very messages
-that came in (``zmq_msg_send`` hands them over, nothing is copied).
+meta) becomes a Python object, handed to ``route``. The header, command, meta and payload go out
+as the very messages that came in (``zmq_msg_send`` hands them over, nothing is copied).
 
-libzmq is the one pyzmq loaded: its functions are looked up through the handle of pyzmq's backend
-module (``dlsym`` searches a library's dependencies), so this module links against nothing and
-cannot end up with a second libzmq in the process. ``zmq_msg_t`` is declared as ``zmq.h`` of
-libzmq 4.x defines it (64 octets, pointer-aligned), which pyzmq wheels do not ship.
+What this module depends on, and how each is checked:
+
+- libzmq is the one pyzmq loaded: its functions are looked up through the handle of pyzmq's
+  backend module, ``zmq.backend.cython._zmq`` (``dlsym`` searches a library's dependencies), so
+  this module links against nothing and cannot end up with a second libzmq in the process. That
+  module is private to pyzmq: its layout (a compiled ``_zmq`` that links libzmq) was checked
+  for pyzmq 26.0 to 27.x, which pyproject.toml's ``pyzmq>=26,<28`` pins. At import, anything
+  else (another pyzmq, another backend, a libzmq that does not export its functions or is not
+  4.2 to 4.x) raises ImportError, and the broker forwards in Python.
+- ``zmq_msg_t``: pyzmq ships no ``zmq.h`` (and its own ``libzmq.pxd`` declares the type opaque,
+  for a build that has the header), so it is declared here as ``zmq.h`` of libzmq 4.2 to 4.3.5
+  defines it: 64 octets, aligned as a pointer. A message is only ever handled by address through
+  libzmq's calls; what must match is its size and alignment. Where a ``zmq.h`` is on the
+  compiler's include path (a libzmq development package), the build checks both against it.
 
 The loop never blocks: :meth:`MediaForwarder.forward` reads what is waiting (``ZMQ_DONTWAIT``)
-and returns; the broker's greenlet waits for more on a gevent io watcher on the socket's
+and returns; the lane's greenlet waits for more on a gevent io watcher on the socket's
 ``ZMQ_FD`` after :meth:`MediaForwarder.incoming` says nothing waits, so the gevent hub stays in
 charge (../shared/DESIGN.md).
 """
 
 import ctypes
-import time
 
-import msgpack
 import zmq
-import zmq.backend.cython._zmq as _pyzmq_backend
+
+PYZMQ_CHECKED = ((26, 0), (28, 0))
+"""The pyzmq versions, from (included) and to (excluded), whose backend layout and libzmq this
+module was checked against; the same range as pyproject.toml's pin."""
+
+LIBZMQ_CHECKED = ((4, 2), (5, 0))
+"""The libzmq versions whose ``zmq_msg_t`` is the one declared here (64 octets)."""
+
+if not PYZMQ_CHECKED[0] <= zmq.pyzmq_version_info()[:2] < PYZMQ_CHECKED[1]:
+    raise ImportError(f"pyzmq {zmq.pyzmq_version()} is outside the versions checked "
+                      f"({PYZMQ_CHECKED}): forwarding in Python")
+if not LIBZMQ_CHECKED[0] <= zmq.zmq_version_info()[:2] < LIBZMQ_CHECKED[1]:
+    raise ImportError(f"libzmq {zmq.zmq_version()} is outside the versions whose zmq_msg_t is "
+                      f"declared here ({LIBZMQ_CHECKED}): forwarding in Python")
+try:
+    import zmq.backend.cython._zmq as _pyzmq_backend
+except ImportError as exc:  # another layout, or the CFFI backend
+    raise ImportError(f"pyzmq has no compiled backend zmq.backend.cython._zmq: {exc}") from exc
+if not issubclass(zmq.Socket, getattr(_pyzmq_backend, "Socket", ())):
+    raise ImportError("pyzmq's sockets are not those of zmq.backend.cython._zmq")
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EAGAIN, EINTR
@@ -36,11 +65,39 @@ from libc.string cimport memcmp
 
 cdef extern from *:
     """
-    /* zmq_msg_t as zmq.h of libzmq 4.x defines it. */
+    /* zmq_msg_t as zmq.h of libzmq 4.2 to 4.3.5 defines it for GCC and Clang (pyzmq's wheels
+       ship no zmq.h): 64 octets, aligned as a pointer. */
     typedef struct { unsigned char _[64] __attribute__((aligned(sizeof(void *)))); } zmeet_msg_t;
+    #if defined(__has_include)
+    #  if __has_include(<zmq.h>)
+    #    include <zmq.h>
+    #    if ZMQ_VERSION_MAJOR != 4
+    #      error "zmq.h is not libzmq 4's: zmeet_msg_t is declared for libzmq 4.2 to 4.x"
+    #    endif
+         _Static_assert(sizeof(zmeet_msg_t) == sizeof(zmq_msg_t),
+                        "zmeet_msg_t is not the size of zmq.h's zmq_msg_t");
+         _Static_assert(_Alignof(zmeet_msg_t) == _Alignof(zmq_msg_t),
+                        "zmeet_msg_t is not aligned as zmq.h's zmq_msg_t");
+    #    define ZMEET_MSG_CHECKED 1
+    #  endif
+    #endif
+    #ifndef ZMEET_MSG_CHECKED
+    #  define ZMEET_MSG_CHECKED 0
+    #endif
+    /* parts of a media-in message: token, header, command, meta, payload (media.FRAME_PARTS) */
+    enum { ZMEET_MEDIA_PARTS = 5 };
     """
     ctypedef struct zmeet_msg_t:
         pass
+    enum: ZMEET_MEDIA_PARTS
+    enum: ZMEET_MSG_CHECKED
+
+
+PARTS = ZMEET_MEDIA_PARTS
+"""The parts of a media-in message this module reads (``zmeet.broker.media.FRAME_PARTS``)."""
+
+MSG_CHECKED_AGAINST_HEADER = bool(ZMEET_MSG_CHECKED)
+"""Whether this build checked ``zmq_msg_t``'s size and alignment against a ``zmq.h``."""
 
 
 ctypedef int (*msg_fn)(zmeet_msg_t *) noexcept nogil
@@ -94,13 +151,8 @@ zmq_getsockopt = <getsockopt_fn>_symbol("zmq_getsockopt")
 
 cdef int DONTWAIT = zmq.DONTWAIT
 cdef int SNDMORE = zmq.SNDMORE
-cdef int PARTS = 5  # token, header, command, meta, payload
 cdef int EVENTS = zmq.EVENTS
 cdef int POLLIN = zmq.POLLIN
-cdef size_t TOPIC_CACHE_SIZE = 4096
-
-_unpackb = msgpack.unpackb
-_monotonic = time.monotonic
 
 
 # libzmq calls with ZMQ_DONTWAIT, retried on EINTR as pyzmq does (a message is untouched when a
@@ -157,41 +209,34 @@ cdef inline bint _equals(zmeet_msg_t *msg, bytes expected):
 cdef class MediaForwarder:
     """Forward media frames from the broker's media-in ROUTER to its media-out XPUB.
 
-    ``router`` and ``xpub`` are the broker's pyzmq sockets (green or not: only their libzmq
-    handles are used, and ``closed`` is checked before each batch). ``by_token`` maps a media
-    token (bytes) to its session, which has ``nick`` (str), ``last_seen`` (float, set to
-    ``time.monotonic()`` for each frame forwarded) and ``media_demand`` (a dict keyed by room).
-    ``is_member(room, nick) -> bool`` is the rooms' membership test, ``topic(room, nick, kind)
-    -> bytes`` builds the out topic, ``first_in_room(session, room)`` is called after forwarding
-    a session's first frame in a room (``room not in session.media_demand``). ``stats`` is the
-    broker's dict: ``media_in`` and ``media_dropped`` are counted in it. ``header`` and
-    ``command`` are the octets a FRAME's second and third parts must equal, ``kinds`` the media
-    kinds (a tuple of str), ``max_meta`` and ``max_payload`` the largest meta and payload in
-    octets.
+    ``router`` and ``xpub`` are the lane's pyzmq sockets (green or not: only their libzmq
+    handles are used, and ``closed`` is checked before each batch). ``route(token, meta) ->
+    bytes | None`` is the forwarding rule past the frame's shape
+    (:meth:`zmeet.broker.media.MediaLane.route`): called with the token and the meta octets of
+    each well-formed frame, it returns the out topic or None to drop. ``stats`` is the lane's
+    dict: ``media_in`` and ``media_dropped`` are counted in it. ``header`` and ``command`` are
+    the octets a FRAME's second and third parts must equal, ``max_meta`` and ``max_payload``
+    the largest meta and payload in octets (the constants of
+    :func:`zmeet.broker.media.well_formed`).
     """
 
     cdef object _router, _xpub
     cdef void *_in
     cdef void *_out
-    cdef dict _by_token, _stats
-    cdef object _is_member, _topic, _first_in_room
+    cdef dict _stats
+    cdef object _route
     cdef bytes _header, _command
-    cdef tuple _kinds
     cdef size_t _max_meta, _max_payload
     cdef bint _broken
-    cdef dict _topics
 
-    def __cinit__(self, router, xpub, dict by_token, is_member, topic, first_in_room,
-                  dict stats, bytes header, bytes command, tuple kinds, size_t max_meta,
-                  size_t max_payload):
+    def __cinit__(self, router, xpub, route, dict stats, bytes header, bytes command,
+                  size_t max_meta, size_t max_payload):
         self._router, self._xpub = router, xpub
         self._in = <void *><uintptr_t>router.underlying
         self._out = <void *><uintptr_t>xpub.underlying
-        self._by_token, self._stats = by_token, stats
-        self._is_member, self._topic, self._first_in_room = is_member, topic, first_in_room
-        self._header, self._command, self._kinds = header, command, kinds
+        self._route, self._stats = route, stats
+        self._header, self._command = header, command
         self._max_meta, self._max_payload = max_meta, max_payload
-        self._topics = {}
 
     def incoming(self):
         """Whether a message waits on the media-in socket (its ``ZMQ_EVENTS`` has POLLIN).
@@ -223,7 +268,7 @@ cdef class MediaForwarder:
         the socket had no more (``EAGAIN``). Raises :class:`zmq.ZMQError` if a socket is closed
         or libzmq fails otherwise (``ETERM``, ...); a message being read is then discarded.
         """
-        cdef zmeet_msg_t parts[5]
+        cdef zmeet_msg_t parts[ZMEET_MEDIA_PARTS]
         cdef zmeet_msg_t extra
         cdef int count, i, err
         cdef int read = 0
@@ -244,7 +289,7 @@ cdef class MediaForwarder:
             # the rest of the message is already here (ZeroMQ delivers whole messages); read
             # all of it, past the fifth part too, so the next read starts at a boundary
             while zmq_msg_more(&parts[count - 1]):
-                if count == PARTS:
+                if count == ZMEET_MEDIA_PARTS:
                     whole = False
                     while True:
                         zmq_msg_init(&extra)
@@ -278,9 +323,11 @@ cdef class MediaForwarder:
 
     cdef int _forward_one(self, zmeet_msg_t *parts, int count) except -1:
         cdef dict stats = self._stats
+        cdef object topic
         stats["media_in"] += 1
+        # the frame-shape checks of zmeet.broker.media.well_formed, on the parts in place
         if (
-            count != PARTS
+            count != ZMEET_MEDIA_PARTS
             or not _equals(&parts[1], self._header)
             or not _equals(&parts[2], self._command)
             or zmq_msg_size(&parts[3]) > self._max_meta
@@ -288,45 +335,22 @@ cdef class MediaForwarder:
         ):
             stats["media_dropped"] += 1
             return 0
-        session = self._by_token.get(_bytes_of(&parts[0]))
-        if session is None:
-            stats["media_dropped"] += 1
-            return 0
-        try:
-            fields = _unpackb(_bytes_of(&parts[3]))
-            room, kind = fields["room"], fields["kind"]
-            stamped = fields.get("from", "")
-        except Exception:  # msgpack raises many types, and the meta may be any shape
-            stats["media_dropped"] += 1
-            return 0
-        nick = session.nick
-        if (
-            kind not in self._kinds
-            or type(room) is not str
-            or stamped != ""
-            or not self._is_member(room, nick)
-        ):
-            stats["media_dropped"] += 1
-            return 0
-        session.last_seen = _monotonic()
-        key = (room, nick, kind)
-        cdef bytes topic = self._topics.get(key)
+        # the rest of the rule, written once in Python: MediaLane.route(token, meta)
+        topic = self._route(_bytes_of(&parts[0]), _bytes_of(&parts[3]))
         if topic is None:
-            if len(self._topics) >= TOPIC_CACHE_SIZE:
-                self._topics.clear()
-            topic = self._topics[key] = self._topic(room, nick, kind)
+            stats["media_dropped"] += 1
+            return 0
+        cdef bytes topic_bytes = <bytes?>topic
         cdef int i, err
         # An XPUB never blocks and never refuses a part: past a subscriber's SNDHWM it drops the
         # whole message (counted by no one), as long as ZMQ_XPUB_NODROP stays off. Only ETERM
         # or ENOTSOCK can fail a send here.
-        if _send_bytes(self._out, <const char *>topic, len(topic), SNDMORE) < 0:
+        if _send_bytes(self._out, <const char *>topic_bytes, len(topic_bytes), SNDMORE) < 0:
             err = zmq_errno()
             raise zmq.ZMQError(err)
-        for i in range(1, PARTS):
-            if _send(&parts[i], self._out, SNDMORE if i < PARTS - 1 else 0) < 0:
+        for i in range(1, ZMEET_MEDIA_PARTS):
+            if _send(&parts[i], self._out, SNDMORE if i < ZMEET_MEDIA_PARTS - 1 else 0) < 0:
                 err = zmq_errno()
                 self._broken = True
                 raise zmq.ZMQError(err)
-        if room not in session.media_demand:  # its first frame here: tell it what is wanted
-            self._first_in_room(session, room)
         return 0

@@ -12,12 +12,11 @@ Sockets (docs/architecture.md, "Lanes"):
 
 - control: ROUTER, bound at ``config.control``. Requests in, one reply each.
 - events: PUB, bound at ``config.events``. Room events and heartbeats.
-- media in: ROUTER, bound at ``config.media_in``. Clients' media DEALERs connect with their
-  ``media_token`` as routing id, so the broker knows the sender of every frame.
-- media out: PUB, bound at ``config.media_out``. Frames under ``media/<room>/<sender>/<kind>``.
+- media in, media out: ROUTER and XPUB, bound at ``config.media_in`` and ``config.media_out``,
+  held by the media lane (:mod:`zmeet.broker.media`).
 
 One greenlet owns each socket it waits on (DESIGN.md, "Rules of the gevent hub"): the control
-greenlet waits on the control ROUTER, the media greenlet on the media ROUTER. PUB sockets are
+greenlet waits on the control ROUTER, the media lane's greenlets on its sockets. PUB sockets are
 never waited on: every send on them is ``NOBLOCK`` and a full queue drops, as PUB does. Hot
 loops wait once on the green socket, then drain the raw socket it shadows with ``NOBLOCK``.
 """
@@ -29,15 +28,12 @@ import logging
 import os
 import re
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import gevent
 import gevent.event
-import msgpack
 import zmq
 import zmq.green as zmq_green
 
@@ -47,7 +43,6 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import Refused
 from ..protocol.limits import (
     DEFAULT_HISTORY,
-    HEADER,
     HEARTBEAT_INTERVAL_MS,
     HEARTBEAT_LIVENESS,
     MAX_CONTROL_FRAME_BYTES,
@@ -60,36 +55,19 @@ from ..protocol.limits import (
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
     MAX_TEXT_BYTES,
-    MEDIA_SOCKET_BUFFER_BYTES,
     PROTOCOL_VERSION,
 )
-from ..protocol.messages import MEDIA_KINDS, MediaFrame
 from ..zmqio import recv_rest, send_parts
 from .chat import ChatService
+from .media import MediaLane, native_forwarder
 from .service import TICK_INTERVAL_S, Deferred, Handler, Service, ServiceFactory
 from .sessions import ClientSession
 from .store import Store
-
-try:
-    from ._mediafwd import MediaForwarder
-except ImportError:  # not built (no C compiler at install time): forward in Python
-    MediaForwarder = None
 
 log = logging.getLogger("zmeet.broker")
 
 DRAIN_BATCH = 256
 """Messages handled per wake-up before the loop yields to other greenlets."""
-
-MEDIA_IN_HWM = 16
-"""Media messages the broker's media ROUTER queues per connected sender; past it libzmq
-stops reading that connection (back-pressure) and the sender's NOBLOCK sends drop. As small
-as the out-queue: a larger one let a broker that was descheduled for a moment push a burst
-into MEDIA_OUT_HWM, where PUB dropped the newest of it (measured: 60% of a saturated
-stream delivered with 64, 75% with 16; a bare proxy with the same marks 85%). At 30 fps
-video, its thumbnail and 50 audio frames a second, 16 messages are about 150 ms."""
-
-MEDIA_OUT_HWM = 16
-"""Media messages queued per subscriber before PUB drops (newest-frame-wins, not a backlog)."""
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 
@@ -155,9 +133,9 @@ class BrokerConfig:
     """Largest file the files service takes, in octets (``--max-file-size``; WELCOME.limits)."""
     media_forwarder: str = "auto"
     """``native`` (the compiled loop, :mod:`zmeet.broker._mediafwd`), ``python``
-    (:meth:`Broker._on_media`) or ``auto`` (native if it was built). Same protocol, same checks;
-    native costs a third of the CPU per frame. :meth:`Broker.start` raises RuntimeError for
-    ``native`` when the module was not built."""
+    (:mod:`zmeet.broker.media`'s Python loop) or ``auto`` (native if it was built). Same
+    protocol, same checks; native costs a third of the CPU per frame. :meth:`Broker.start`
+    raises RuntimeError for ``native`` when the module was not built."""
 
     def endpoints(self) -> dict[str, str]:
         derived = derive_endpoints(self.control)
@@ -186,8 +164,6 @@ class _Batch:
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 class Broker:
@@ -210,8 +186,7 @@ class Broker:
         self.endpoints: dict[str, str] = {}
         self.sessions: dict[bytes, ClientSession] = {}
         self._by_token: dict[bytes, ClientSession] = {}
-        self._media_subscriptions: set[bytes] = set()
-        """Topic prefixes someone subscribes to on the media-out XPUB."""
+        self.media: MediaLane | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._control_greenlet: gevent.Greenlet | None = None
@@ -234,7 +209,8 @@ class Broker:
 
     def start(self) -> None:
         cfg = self.config
-        native = self._native_media()  # a bad choice fails here, before anything is opened
+        # a bad media forwarder fails here, before anything is opened
+        native = native_forwarder(cfg.media_forwarder)
         self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
         ids = itertools.count(1)
         # message ids: this run's epoch and a counter (unique across restarts, 7x cheaper
@@ -259,29 +235,16 @@ class Broker:
         self._control.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME_BYTES)
         self._events = ctx.socket(zmq.PUB)
-        # the compiled forwarder reads a plain socket and waits on its ZMQ_FD itself; the
-        # Python loop waits on a green one
-        self._media_in = zmq.Socket(ctx, zmq.ROUTER) if native else ctx.socket(zmq.ROUTER)
-        self._media_in.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self._media_in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
-        self._media_in.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
-        self._media_in.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
-        # XPUB: a PUB that also tells the broker which topics have subscribers (the first
-        # subscription to a topic and the last unsubscription, disconnects included)
-        self._media_out = ctx.socket(zmq.XPUB)
-        self._media_out.setsockopt(zmq.SNDHWM, MEDIA_OUT_HWM)
-        self._media_out.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)
-        sockets = {
-            "control": self._control,
-            "events": self._events,
-            "media_in": self._media_in,
-            "media_out": self._media_out,
-        }
+        self.media = MediaLane(ctx, native, by_token=self._by_token,
+                               is_member=self.rooms.is_member, send_direct=self.send_direct,
+                               clock=cfg.clock, stats=self.stats)
+        sockets = {"control": self._control, "events": self._events}
         try:
             for lane, sock in sockets.items():
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.bind(wanted[lane])
                 self.endpoints[lane] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.endpoints.update(self.media.bind(wanted["media_in"], wanted["media_out"]))
         except zmq.ZMQError:
             self._close_sockets()
             self.store.close()
@@ -289,14 +252,10 @@ class Broker:
         # raw sockets shadowing the green ones: NOBLOCK drains and sends, no hub round trip
         self._control_raw = zmq.Socket.shadow(self._control.underlying)
         self._events_raw = zmq.Socket.shadow(self._events.underlying)
-        self._media_in_raw = zmq.Socket.shadow(self._media_in.underlying)
-        self._media_out_raw = zmq.Socket.shadow(self._media_out.underlying)
-        self._forwarder = self._media_forwarder() if native else None
         self._control_greenlet = gevent.spawn(self._control_loop)
         self._greenlets = [
             self._control_greenlet,
-            gevent.spawn(self._media_loop if self._forwarder is None else self._native_media_loop),
-            gevent.spawn(self._media_demand_loop),
+            *self.media.start(),
             gevent.spawn(self._heartbeat_loop),
             gevent.spawn(self._tick_loop),
         ]
@@ -305,7 +264,7 @@ class Broker:
         log.info(
             "broker epoch %s: control %s, events %s, media in %s, media out %s, data %s",
             self.epoch,
-            *(self.endpoints[k] for k in sockets),
+            *(self.endpoints[k] for k in ("control", "events", "media_in", "media_out")),
             self.store.path,
         )
 
@@ -345,10 +304,12 @@ class Broker:
         self._stopped.wait()
 
     def _close_sockets(self) -> None:
-        for name in ("_control", "_events", "_media_in", "_media_out"):
+        for name in ("_control", "_events"):
             sock = getattr(self, name, None)
             if sock is not None and not sock.closed:
                 sock.close(linger=0)
+        if self.media is not None:
+            self.media.close()
 
     # control lane -----------------------------------------------------------------------------
 
@@ -640,171 +601,16 @@ class Broker:
                 self.end_session(session, "gone", "heartbeats stopped")
             gevent.sleep(interval_s)
 
-    # media lane -------------------------------------------------------------------------------
+    # media lane (zmeet.broker.media) ----------------------------------------------------------
 
     @property
     def media_forwarder(self) -> str:
         """``native`` or ``python``: the media forwarding loop this started broker runs."""
-        return "python" if getattr(self, "_forwarder", None) is None else "native"
-
-    def _native_media(self) -> bool:
-        """Whether ``config.media_forwarder`` asks for the compiled forwarder. Raises
-        ValueError for an unknown choice, RuntimeError for ``native`` when it was not built."""
-        choice = self.config.media_forwarder
-        if choice not in ("auto", "native", "python"):
-            raise ValueError(f"media_forwarder {choice!r} is not auto, native or python")
-        if choice == "native" and MediaForwarder is None:
-            raise RuntimeError("media_forwarder 'native': zmeet.broker._mediafwd was not built "
-                               "(reinstall zmeet with a C compiler)")
-        return choice != "python" and MediaForwarder is not None
-
-    def _media_forwarder(self) -> Any:
-        """The compiled forwarder over this broker's media sockets and state."""
-        assert self.rooms is not None and MediaForwarder is not None
-        return MediaForwarder(
-            self._media_in, self._media_out, self._by_token, self.rooms.is_member,
-            p.media_topic, self._tell_demand, self.stats, HEADER, MediaFrame.COMMAND,
-            MEDIA_KINDS, MAX_MEDIA_META_BYTES, MAX_MEDIA_FRAME_BYTES)
-
-    def _native_media_loop(self) -> None:
-        """The media loop with the compiled forwarder. It drains the media-in socket without
-        blocking; when it is empty this greenlet waits for libzmq's ZMQ_FD to be readable (an
-        io watcher on the hub's loop) and then, the FD being edge-triggered, checks ZMQ_EVENTS
-        before it forwards or waits again. Against waiting through a green socket (an
-        AsyncResult, a timer, two callbacks, pyzmq's ``PollEvent`` enums) this saves some
-        10 µs a wake-up, and frames often come one a wake-up (docs/architecture.md)."""
-        fwd = self._forwarder
-        forward, incoming, subscriptions_waiting = (
-            fwd.forward, fwd.incoming, fwd.subscriptions_waiting)
-        hub = gevent.get_hub()
-        readable = hub.loop.io(self._media_in.get(zmq.FD), 1)  # 1: EV_READ
-        try:
-            while True:
-                read = forward(DRAIN_BATCH)
-                # the sends may have taken the XPUB's ZMQ_FD edge that the demand greenlet
-                # waits on: if a subscription arrived meanwhile, wake it through the green socket
-                if subscriptions_waiting():
-                    self._media_out.get(zmq.EVENTS)
-                if read == DRAIN_BATCH:
-                    gevent.sleep(0)  # a full batch: let the other greenlets run first
-                    continue
-                while not incoming():  # empty (forward saw EAGAIN)
-                    hub.wait(readable)
-        finally:
-            readable.close()
-
-    def _media_loop(self) -> None:
-        green, raw = self._media_in, self._media_in_raw
-        while True:
-            self._on_media(_recv_media_rest(raw, green.recv()))
-            # drain while ZMQ_EVENTS says a message waits (2 us), rather than until zmq.Again
-            # (6 us: an exception object per wake-up, and most wake-ups bring one or two frames)
-            for _ in range(DRAIN_BATCH):
-                if not raw.get(_EVENTS) & _POLLIN:
-                    break
-                self._on_media(_recv_media_rest(raw, raw.recv(_NOBLOCK)))
-            else:
-                gevent.sleep(0)  # a full batch: let the other greenlets run before the next
-            # the raw sends may have taken the XPUB's ZMQ_FD edge that the demand greenlet
-            # waits on (a subscription arrived meanwhile): re-check through the green socket
-            self._media_out.get(zmq.EVENTS)
-
-    def _on_media(self, frames: list) -> None:
-        """Forward one media frame to the room under a topic that names its sender.
-
-        The fast path of the media lane (docs/protocol.md, 3.9): header, command and meta
-        are forwarded as the sender wrote them, the payload without copy. The broker reads
-        only what routing needs (the meta's ``room``, ``kind`` and ``from``) and stamps the
-        sender in the topic, ``media/<room>/<nick>/<kind>``; receivers take the sender from
-        there and check the rest of the meta themselves. The media lane has no replies
-        (nothing is retransmitted): a frame from an unknown token, for a room the sender is
-        not in, or that is not a well-formed FRAME is dropped and counted.
-
-        ``frames`` is ``[token, header, command, meta, payload]`` as :func:`_recv_media_rest`
-        gives it: bytes, and the payload a :class:`zmq.Frame`.
-        """
-        self.stats["media_in"] += 1
-        session = self._by_token.get(frames[0])
-        if (
-            session is None
-            or len(frames) != 5
-            or frames[1] != HEADER
-            or frames[2] != MediaFrame.COMMAND
-            or len(frames[3]) > MAX_MEDIA_META_BYTES
-            or len(frames[4]) > MAX_MEDIA_FRAME_BYTES
-        ):
-            self.stats["media_dropped"] += 1
-            return
-        meta = frames[3]
-        try:
-            fields = msgpack.unpackb(meta)
-            room, kind = fields["room"], fields["kind"]
-            stamped = fields.get("from", "")
-        except Exception:  # msgpack raises many types, and the meta may be any shape
-            self.stats["media_dropped"] += 1
-            return
-        assert self.rooms is not None
-        if (
-            kind not in MEDIA_KINDS
-            or type(room) is not str
-            or stamped != ""
-            or not self.rooms.is_member(room, session.nick)
-        ):
-            self.stats["media_dropped"] += 1
-            return
-        session.last_seen = time.monotonic()
-        # PUB never blocks: past a subscriber's SNDHWM it drops (counted by no one)
-        send_parts(self._media_out_raw, [p.media_topic(room, session.nick, kind), HEADER,
-                                         MediaFrame.COMMAND, meta, frames[4]])
-        if room not in session.media_demand:  # its first frame here: tell it what is wanted
-            self._tell_demand(session, room)
-
-    # media demand: which streams anyone receives (simulcast layer suspension) --------------
-
-    def _media_demand_loop(self) -> None:
-        """Read the media-out XPUB's subscription messages (``1`` or ``0`` and a topic prefix;
-        libzmq passes a topic's first subscription and its last unsubscription only) and tell
-        each sender whose demand changed (docs/protocol.md, 3.9.5)."""
-        sock = self._media_out
-        while True:
-            message = sock.recv()
-            if not message or message[0] not in (0, 1):
-                continue
-            prefix = message[1:]
-            if message[0]:
-                self._media_subscriptions.add(prefix)
-            else:
-                self._media_subscriptions.discard(prefix)
-            self._demand_changed(prefix)
-
-    def _demand_changed(self, prefix: bytes) -> None:
-        """Tell every sender in the room(s) ``prefix`` can match, whose demand changed."""
-        assert self.rooms is not None
-        room = prefix[len(b"media/"):].split(b"/", 1)[0] if prefix.startswith(b"media/") else b""
-        complete = prefix.startswith(b"media/") and b"/" in prefix[len(b"media/"):]
-        for session in list(self.sessions.values()):
-            for name in list(session.media_demand):
-                if not complete or name.encode() == room:
-                    self._tell_demand(session, name)
+        return "python" if self.media is None else self.media.forwarder
 
     def media_demand(self, room: str, nick: str) -> tuple[str, ...]:
         """The kinds of ``nick``'s media in ``room`` that at least one subscriber takes."""
-        topics = [p.media_topic(room, nick, kind) for kind in MEDIA_KINDS]
-        return tuple(kind for kind, topic in zip(MEDIA_KINDS, topics, strict=True)
-                     if any(topic.startswith(prefix) for prefix in self._media_subscriptions))
-
-    def _tell_demand(self, session: ClientSession, room: str) -> None:
-        kinds = self.media_demand(room, session.nick)
-        if session.media_demand.get(room) != kinds:
-            session.media_demand[room] = kinds
-            self.send_direct(session, p.MediaDemand(room=room, kinds=kinds))
-
-
-def _recv_media_rest(sock: zmq.Socket, token: bytes) -> list:
-    """All of a media-in message whose first part, ``token``, was just received:
-    ``[token, header, command, meta, payload]`` as bytes, the payload (and any part after it) a
-    :class:`zmq.Frame`, not copied (:func:`zmeet.zmqio.recv_rest`)."""
-    return recv_rest(sock, token, 4)
+        return () if self.media is None else self.media.media_demand(room, nick)
 
 
 def _recv_control_rest(sock: zmq.Socket, routing_id: bytes) -> list:

@@ -31,8 +31,6 @@ class ClientSession:
     """Per ``req_id``, the reply frames sent (``list[bytes]``), or the
     :class:`~zmeet.broker.service.Deferred` still pending; at most REPLY_CACHE_SIZE, oldest
     forgotten first."""
-    media_demand: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Per room, the kinds of this client's media last told wanted (MEDIA-DEMAND)."""
 
     def remember(self, req_id: int, reply: Any) -> None:
         """Put ``reply`` (frames, or a pending Deferred) in the reply cache under ``req_id``,
