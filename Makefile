@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := gcc libc6-dev xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
+SYSTEM_PACKAGES := gcc libc6-dev libzmq3-dev xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
 PYTEST_ARGS ?=
 
 .PHONY: run test install system-deps lint bench bench-smoke bench-system-deps clean
@@ -36,8 +36,11 @@ system-deps:
 	  echo "install them with: sudo apt-get install$$missing"; exit 1; \
 	fi
 
+# what CI checks beside the tests: ruff's lint rules everywhere, mypy's types on the package and
+# the CLI (pyproject.toml has both configurations); any finding fails
 lint: $(STAMP)
 	$(BIN)/ruff check zmeet cli tests benchmarks
+	$(BIN)/mypy zmeet cli
 
 # Benchmarks (benchmarks/README.md): the `bench` extra, and redis-server for the Redis baseline.
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -250,8 +250,8 @@ class Broker:
             self.store.close()
             raise
         # raw sockets shadowing the green ones: NOBLOCK drains and sends, no hub round trip
-        self._control_raw = zmq.Socket.shadow(self._control.underlying)
-        self._events_raw = zmq.Socket.shadow(self._events.underlying)
+        self._control_raw: zmq.Socket = zmq.Socket.shadow(self._control.underlying)
+        self._events_raw: zmq.Socket = zmq.Socket.shadow(self._events.underlying)
         self._control_greenlet = gevent.spawn(self._control_loop)
         self._greenlets = [
             self._control_greenlet,
