@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from zmeet import protocol as p
-from zmeet.broker.games import GAMES_DB, GamesService
+from zmeet.broker.games import GAMES_DB, MAX_HISTORY_READS_PER_SESSION, GamesService, GamesStore
 from zmeet.client import Session
 from zmeet.errors import Refused
 from zmeet.games import BOT_NAME, ArenaSettings, GameErrorCode
@@ -330,3 +330,54 @@ def test_game_history_does_not_park_the_control_loop_while_the_store_is_slow(
         slow_disk.set()
     held.get(timeout=5)
     assert recv(dealer) == pg.GameRecords(req_id=2, records=())
+
+
+def test_one_session_may_not_queue_game_history_reads_without_limit(
+    make_broker, raw_dealer, roundtrip, recv
+):
+    """GAME-HISTORY waits for the one store thread: past MAX_HISTORY_READS_PER_SESSION
+    waiting reads, one session's next is refused TOO_MANY at once (a flood of them must not
+    grow the broker's memory or hold everyone else's reads), and the waiting ones are answered
+    when the thread is free."""
+    broker = make_broker()
+    (games,) = [s for s in broker.services if isinstance(s, GamesService)]
+    dealer = raw_dealer(broker.endpoints["control"])
+    assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="reader"))), p.Welcome)
+    slow_disk = threading.Event()
+    held = games._store_thread.spawn(slow_disk.wait, 10)  # the store thread is busy until set
+    waiting = list(range(10, 10 + MAX_HISTORY_READS_PER_SESSION))
+    try:
+        for req_id in waiting:
+            dealer.send_multipart(p.encode(pg.GameHistory(req_id=req_id, limit=5)))
+        refused = roundtrip(dealer, p.encode(pg.GameHistory(req_id=99, limit=5)))
+        assert isinstance(refused, p.Error) and refused.req_id == 99
+        assert refused.code == p.ErrorCode.TOO_MANY
+    finally:
+        slow_disk.set()
+    held.get(timeout=5)
+    assert [recv(dealer) for _ in waiting] == [
+        pg.GameRecords(req_id=req_id, records=()) for req_id in waiting]
+    # room again once they are answered
+    assert roundtrip(dealer, p.encode(pg.GameHistory(req_id=100, limit=5))) == pg.GameRecords(
+        req_id=100, records=())
+
+
+def test_a_game_history_row_it_cannot_read_is_an_error_and_the_store_serves_on(
+    make_broker, tmp_path, raw_dealer, roundtrip
+):
+    """A row of games.sqlite3 that is not what the broker wrote (moves that are not JSON) makes
+    that GAME-HISTORY an ERROR 500; the store greenlet lives on, and the next read works."""
+    data = tmp_path / "broker-data"
+    store = GamesStore(data / GAMES_DB)
+    store.add([pg.GameRecord(id="g1", kind="tictactoe", players=("mallory", "bob"), options={},
+                             moves=(), result="draw", winner="", reason="full", started_ms=1,
+                             ended_ms=2)])
+    store._db.execute("UPDATE games SET moves = 'not json' WHERE id = 'g1'")
+    store.close()
+    broker = make_broker(data_dir=data)
+    dealer = raw_dealer(broker.endpoints["control"])
+    assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="reader"))), p.Welcome)
+    bad = roundtrip(dealer, p.encode(pg.GameHistory(req_id=2, limit=5, nick="mallory")))
+    assert isinstance(bad, p.Error) and bad.code == p.ErrorCode.INTERNAL_ERROR
+    good = roundtrip(dealer, p.encode(pg.GameHistory(req_id=3, limit=5, nick="alice")))
+    assert good == pg.GameRecords(req_id=3, records=())

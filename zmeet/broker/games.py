@@ -48,6 +48,10 @@ from .sessions import ClientSession
 log = logging.getLogger("zmeet.broker.games")
 
 GAMES_DB = "games.sqlite3"
+
+MAX_HISTORY_READS_PER_SESSION = 4
+"""GAME-HISTORY requests of one session waiting for the store at once; past it TOO_MANY (the
+reads are queued on one store thread: one client must not make everyone else wait)."""
 """The file of finished games in the broker's data directory."""
 
 MAX_LIST = 1000
@@ -237,22 +241,28 @@ class GamesService(Service):
 
     def _store_loop(self) -> None:
         """The store greenlet: the finished games recorded so far are written, then the oldest
-        GAME-HISTORY read waiting is answered, in turn, until nothing waits."""
-        while True:
-            self._store_wakeup.wait()
-            self._store_wakeup.clear()
+        GAME-HISTORY read waiting is answered, in turn, until nothing waits. No failure of one
+        write or read ends it (each is answered, or logged); if it ends all the same (killed
+        at close), the next use starts another."""
+        try:
             while True:
-                batch, self._to_store = self._to_store, []
-                written = True
-                if batch:  # what was recorded before a read goes in first
-                    try:
-                        self._in_store_thread(self._store_add, batch)
-                    except Exception:
-                        log.exception("could not store %d finished games", len(batch))
-                        written = False
-                if not self._reads:
-                    break
-                self._answer_history(self._reads.popleft(), written)
+                self._store_wakeup.wait()
+                self._store_wakeup.clear()
+                while True:
+                    batch, self._to_store = self._to_store, []
+                    written = True
+                    if batch:  # what was recorded before a read goes in first
+                        try:
+                            self._in_store_thread(self._store_add, batch)
+                        except Exception:
+                            log.exception("could not store %d finished games", len(batch))
+                            written = False
+                    if not self._reads:
+                        break
+                    self._answer_history(self._reads.popleft(), written)
+        finally:
+            if self._writer is gevent.getcurrent():
+                self._writer = None
 
     def _answer_history(self, deferred: Deferred, written: bool) -> None:
         """Read the games store for a GAME-HISTORY request and answer it; ERROR 500 if the
@@ -263,7 +273,7 @@ class GamesService(Service):
             if not written:
                 raise sqlite3.Error("the finished games before this request were not stored")
             records = self._in_store_thread(self._store_recent, req.limit, req.nick)
-        except sqlite3.Error:
+        except Exception:  # sqlite3.Error, OSError (the data directory), a row it cannot read
             log.exception("could not read the games store")
             deferred.refuse(p.ErrorCode.INTERNAL_ERROR,
                             "the broker could not read its games store")
@@ -337,6 +347,10 @@ class GamesService(Service):
         self._check_limit(req.limit)
         if self._closed:
             raise Refused(p.ErrorCode.INTERNAL_ERROR, "the games service is stopping")
+        if sum(1 for d in self._reads if d.session is session) >= MAX_HISTORY_READS_PER_SESSION:
+            raise Refused(p.ErrorCode.TOO_MANY,
+                          f"at most {MAX_HISTORY_READS_PER_SESSION} GAME-HISTORY requests "
+                          "may wait at once")
         deferred = self.broker.defer(session, req)
         self._reads.append(deferred)
         self._wake_store()
