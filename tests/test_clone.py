@@ -316,6 +316,15 @@ def test_a_new_epoch_starts_one_recovery():
     assert m.lost("broker-lost", "again") == [Notice("broker-lost", "again"), Reconnect()]
 
 
+def test_a_recovery_the_driver_abandoned_lets_the_next_loss_start_another():
+    m = in_room()
+    assert m.lost("broker-lost", "x") == [Notice("broker-lost", "x"), Reconnect()]
+    assert m.recovery_abandoned() == [] and m.state is LinkState.UP
+    assert m.lost("broker-lost", "y") == [Notice("broker-lost", "y"), Reconnect()]
+    m.close_started()
+    assert m.recovery_abandoned() == [] and m.state is LinkState.CLOSING
+
+
 def test_a_session_that_does_not_reconnect_says_it_once_and_stays_lost():
     m = in_room(reconnect=False)
     assert m.lost("broker-lost", "gone") == [Notice("broker-lost", "gone")]

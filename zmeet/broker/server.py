@@ -490,9 +490,11 @@ class Broker:
             return
         frames = p.encode(reply)
         batch, now = self._open()
-        # inside the control loop's batch it goes out after the batch's events, and must not
-        # claim success if they fail
-        batch.out.append((routing_id, frames, not now and bool(batch.events), deferred.req_id))
+        # inside the control loop's batch it goes out after the batch's events; it must not
+        # claim success if the events its own handler made are among them and fail (another
+        # request's events failing is no reason to refuse this one)
+        needs_store = not now and deferred in batch.deferred
+        batch.out.append((routing_id, frames, needs_store, deferred.req_id))
         session.remember(deferred.req_id, frames)
         if now:
             self._commit(batch)

@@ -311,7 +311,11 @@ class Session:
             elif isinstance(effect, clone.FetchHistory):
                 todo.extendleft(reversed(self._fetch(effect)))
             elif isinstance(effect, clone.Reconnect):
-                self._reconnect()
+                try:
+                    self._reconnect()
+                except BaseException:  # a bug, or killed: a later loss must start over
+                    self._clone.recovery_abandoned()
+                    raise
 
     def _fetch(self, fetch: clone.FetchHistory) -> list[clone.Effect]:
         try:

@@ -316,6 +316,14 @@ class CloneClient:
             self.state = LinkState.UP
         return [Notice("reconnected", "reconnected to the broker")]
 
+    def recovery_abandoned(self) -> list[Effect]:
+        """The driver's ``Reconnect`` ended without :meth:`recovered` (an error it did not
+        expect, or its greenlet was killed): the link counts as up again, so that the next
+        :meth:`lost` starts a new recovery instead of being ignored for good."""
+        if self.state is LinkState.RECOVERING:
+            self.state = LinkState.UP
+        return []
+
     def close_started(self) -> list[Effect]:
         """The session is closing (BYE on its way)."""
         if self.state is not LinkState.CLOSED:
