@@ -38,7 +38,8 @@ from .hashing import hash_range, write_and_hash
 log = logging.getLogger("zmeet.files.sink")
 
 CATCH_UP_BYTES = 8 * 1024 * 1024
-"""Octets of the file hashed per threadpool job when the hash catches up with the disk."""
+"""Octets of the file hashed per threadpool job when the hash catches up with the disk (the
+default of ``catch_up_bytes``; the broker's uploads use it)."""
 
 BATCH_CHUNKS = 8
 """Most queued chunks written (and hashed) in one threadpool job."""
