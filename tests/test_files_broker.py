@@ -920,3 +920,43 @@ def test_a_stopped_broker_waits_for_the_catch_ups_and_is_not_called_back(
     stopping.get(timeout=WAIT_S)
     assert sink.idle  # stop() waited for the catch-up to end
     assert sink.wait_idle(WAIT_S) and called == []  # which called nothing back
+
+
+def test_held_acks_of_an_upload_dropped_with_its_queue_are_refused_never_acked(
+        broker, raw_dealer, recv, monkeypatch):
+    """The disk holds every write: 8 FILE-ACKs go at once (the write queue), 2 wait. A FILE-PUT
+    of the same sha256 with another size drops the upload and its queue: the 2 waiting get
+    ERROR 500, not a FILE-ACK for octets that were never written."""
+    gate = threading.Event()
+    real = sink_module._write_batch
+
+    def held(*args: Any) -> None:
+        gate.wait(WAIT_S * 2)
+        real(*args)
+
+    monkeypatch.setattr(sink_module, "_write_batch", held)
+    try:
+        data = os.urandom(16 * MiB)
+        sha = hashlib.sha256(data).hexdigest()
+        dealer = raw_dealer()
+        ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+        ask(p.Hello, nick="alice")
+        ask(p.Join, room="share")
+        put = {"room": "share", "name": "a.bin", "size": len(data), "sha256": sha}
+        ready = ask(pf.FilePut, **put)
+        step = ready.chunk_bytes
+        for i in range(10):
+            dealer.send_multipart(p.encode(pf.FileData(
+                req_id=100 + i, upload=ready.upload, offset=i * step,
+                data=data[i * step:(i + 1) * step])))
+        acks = [recv(dealer, timeout_s=WAIT_S) for _ in range(8)]
+        assert [a.req_id for a in acks] == list(range(100, 108))
+        assert all(isinstance(a, pf.FileAck) for a in acks)
+        dealer.send_multipart(p.encode(pf.FilePut(req_id=200, **{**put, "size": len(data) + 1})))
+        replies = {r.req_id: r for r in (recv(dealer, timeout_s=WAIT_S) for _ in range(3))}
+        assert isinstance(replies[200], pf.FileReady) and replies[200].offset == 0
+        for req_id in (108, 109):
+            assert isinstance(replies[req_id], p.Error), replies[req_id]
+            assert replies[req_id].code == p.ErrorCode.INTERNAL_ERROR
+    finally:
+        gate.set()
