@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,14 @@ import zmq
 import zmq.green as zmq_green
 from filetools import MiB, make_file, sha256_path
 
+import zmeet.broker.files as files_module
+import zmeet.files.sink as sink_module
 from zmeet import protocol as p
 from zmeet.broker.files import FilesService
 from zmeet.client.files import FileClient, TransferEvent
 from zmeet.errors import Refused
 from zmeet.files import FileMissing, FileTooLarge, IntegrityError, TransferFailed
+from zmeet.files.transfer import Hashed, Upload
 from zmeet.protocol import files as pf
 from zmeet.protocol.limits import HEADER
 
@@ -714,3 +719,244 @@ def test_acks_held_back_for_the_disk_keep_the_order_of_the_chunks_and_done_comes
     assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
     blob = _files_service(broker).blob_path(sha)
     assert blob.read_bytes() == data
+
+
+# --- deferred answers: faults, take-overs, leaving, stopping -------------------------------------
+
+
+@pytest.fixture
+def held_catch_up(monkeypatch, make_broker) -> Iterator[threading.Event]:
+    """Catch-up hash jobs (``zmeet.files.sink.hash_range``, in the threadpool) wait until the
+    event yielded is set: a slow disk under a resumed upload's final hash, which keeps its
+    FILE-DONE deferred for as long as a test needs. Set at teardown, before any broker
+    stops."""
+    gate = threading.Event()
+    real = sink_module.hash_range
+
+    def held(*args: Any) -> int:
+        gate.wait(WAIT_S * 2)
+        return real(*args)
+
+    monkeypatch.setattr(sink_module, "hash_range", held)
+    yield gate
+    gate.set()
+
+
+def whole_partial(data_dir: Path, size: int = MiB) -> tuple[bytes, str]:
+    """A partial upload left whole on disk (as after a broker restart): ``(data, sha256)``;
+    its FILE-PUT gets FILE-READY at ``size``, and its FILE-DONE waits for the catch-up."""
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    partials = data_dir / "blobs" / "partial"
+    partials.mkdir(parents=True, exist_ok=True)
+    (partials / sha).write_bytes(data)
+    return data, sha
+
+
+def _fail_file_events(monkeypatch, broker) -> None:
+    real = broker.store.append
+
+    def append(events):
+        events = list(events)
+        if any(e.type == pf.FILE_EVENT_TYPE for e in events):
+            raise sqlite3.OperationalError("disk full (simulated)")
+        return real(events)
+
+    monkeypatch.setattr(broker.store, "append", append)
+
+
+def _fail_file_records(monkeypatch, broker) -> None:
+    def add(info):
+        raise sqlite3.OperationalError("disk full (simulated)")
+
+    monkeypatch.setattr(_files_service(broker).store, "add", add)
+
+
+@pytest.mark.parametrize("fault", [_fail_file_events, _fail_file_records],
+                         ids=["room-event", "file-record"])
+def test_a_store_that_fails_at_a_deferred_file_done_is_error_500_and_a_retry_shares(
+        make_broker, connect, raw_dealer, recv, tmp_path, held_catch_up, monkeypatch, fault):
+    _, sha = whole_partial(tmp_path / "broker-data")
+    broker = make_broker()
+    files = _files_service(broker)
+    bob = Peer(connect("bob", broker))
+    bob.session.join("share")
+    alice = raw_dealer(broker.endpoints["control"])
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], alice)
+    ask(p.Hello, nick="alice")
+    ask(p.Join, room="share")
+    put = {"room": "share", "name": "f.bin", "size": MiB, "sha256": sha}
+    ready = ask(pf.FilePut, **put)
+    assert isinstance(ready, pf.FileReady) and ready.offset == MiB
+    alice.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+    assert isinstance(ask(p.Ping), p.Pong)  # FILE-DONE was handled before it
+    assert files.uploads[ready.upload].machine.waiting == 1  # deferred: the hash is held
+    with monkeypatch.context() as patch:
+        fault(patch, broker)
+        held_catch_up.set()  # the share now runs in the sink's catch-up greenlet
+        refused = recv(alice, timeout_s=WAIT_S)
+        assert isinstance(refused, p.Error) and refused.req_id == 999
+        assert refused.code == p.ErrorCode.INTERNAL_ERROR
+        assert files.store.in_room("share", 10) == []  # no record of a file never announced
+        alice.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+        again = recv(alice, timeout_s=WAIT_S)  # a retry of the req_id gets the same answer
+        assert isinstance(again, p.Error) and again.code == p.ErrorCode.INTERNAL_ERROR
+    ready = ask(pf.FilePut, **put)  # the store works again: the content is stored already
+    assert isinstance(ready, pf.FileReady) and ready.offset == MiB
+    shared = ask(pf.FileDone, upload=ready.upload)
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+    assert [f.id for f in files.store.in_room("share", 10)] == [shared.file.id]
+    event = bob.wait(is_file_event)
+    assert json.loads(event.text)["id"] == shared.file.id
+    bob.close(bye=False)
+
+
+def test_a_bug_in_a_sink_callback_refuses_the_deferred_file_done_and_the_broker_goes_on(
+        make_broker, raw_dealer, recv, tmp_path, held_catch_up, monkeypatch, caplog):
+    _, sha = whole_partial(tmp_path / "broker-data")
+    broker = make_broker()
+    dealer = raw_dealer(broker.endpoints["control"])
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask(p.Hello, nick="alice")
+    ask(p.Join, room="share")
+    put = {"room": "share", "name": "f.bin", "size": MiB, "sha256": sha}
+    ready = ask(pf.FilePut, **put)
+    dealer.send_multipart(p.encode(pf.FileDone(req_id=999, upload=ready.upload)))
+    assert isinstance(ask(p.Ping), p.Pong)  # FILE-DONE was handled before it
+    assert _files_service(broker).uploads[ready.upload].machine.waiting == 1
+    real_handle = Upload.handle
+
+    def buggy(self, event):
+        if isinstance(event, Hashed):
+            raise RuntimeError("a bug (simulated)")
+        return real_handle(self, event)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Upload, "handle", buggy)
+        held_catch_up.set()
+        refused = recv(dealer, timeout_s=WAIT_S)
+    assert isinstance(refused, p.Error) and refused.req_id == 999
+    assert refused.code == p.ErrorCode.INTERNAL_ERROR
+    assert "a bug (simulated)" in caplog.text
+    ready = ask(pf.FilePut, **put)  # the partial stayed: a resume from where it is works
+    assert isinstance(ready, pf.FileReady) and ready.offset == MiB
+    shared = ask(pf.FileDone, upload=ready.upload)
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+
+
+def test_no_one_takes_over_an_upload_whose_owner_waits_for_file_done(
+        make_broker, connect, tmp_path, held_catch_up, monkeypatch):
+    monkeypatch.setattr(files_module, "UPLOAD_TAKEOVER_IDLE_S", 0.0)  # idle at once
+    _, sha = whole_partial(tmp_path / "broker-data")
+    broker = make_broker()
+    alice, carol = connect("alice", broker), connect("carol", broker)
+    alice.join("share")
+    carol.join("share")
+    put = {"room": "share", "to": "", "name": "x.bin", "size": MiB, "sha256": sha}
+    ready = alice.request(pf.FilePut, **put)
+    done = gevent.spawn(alice.request, pf.FileDone, upload=ready.upload)
+    gevent.sleep(0)  # FILE-DONE is sent
+    alice.request(pf.FileList, room="share")  # answered after FILE-DONE was handled
+    assert _files_service(broker).uploads[ready.upload].machine.waiting == 1
+    with pytest.raises(Refused) as refused:
+        carol.request(pf.FilePut, **put)
+    assert refused.value.code == p.ErrorCode.TOO_MANY
+    held_catch_up.set()
+    shared = done.get(timeout=WAIT_S)
+    assert isinstance(shared, pf.FileShared) and shared.file.sender == "alice"
+    # an owner that waits for nothing may still be taken over once idle
+    other = os.urandom(1000)
+    put = {**put, "size": len(other), "sha256": hashlib.sha256(other).hexdigest()}
+    first = alice.request(pf.FilePut, **put)
+    taken = carol.request(pf.FilePut, **put)
+    assert isinstance(taken, pf.FileReady) and taken.upload != first.upload
+
+
+def test_a_sender_who_leaves_before_the_deferred_share_is_not_announced(
+        make_broker, connect, tmp_path, held_catch_up):
+    _, sha = whole_partial(tmp_path / "broker-data")
+    broker = make_broker()
+    bob = Peer(connect("bob", broker))
+    bob.session.join("share")
+    alice = connect("alice", broker)
+    alice.join("share")
+    ready = alice.request(pf.FilePut, room="share", name="x.bin", size=MiB, sha256=sha)
+    done = gevent.spawn(alice.request, pf.FileDone, upload=ready.upload)
+    gevent.sleep(0)  # FILE-DONE is sent
+    alice.request(pf.FileList, room="share")  # answered after FILE-DONE was handled
+    assert _files_service(broker).uploads[ready.upload].machine.waiting == 1
+    alice.leave("share")
+    held_catch_up.set()
+    with pytest.raises(Refused) as refused:
+        done.get(timeout=WAIT_S)
+    assert refused.value.code == p.ErrorCode.NOT_MEMBER
+    assert _files_service(broker).store.in_room("share", 10) == []
+    bob.session.say("share", "after")
+    item = bob.wait(lambda i: is_file_event(i) or (isinstance(i, p.RoomEvent)
+                                                    and i.text == "after"))
+    assert not is_file_event(item)
+    bob.close(bye=False)
+
+
+def test_a_stopped_broker_waits_for_the_catch_ups_and_is_not_called_back(
+        make_broker, raw_dealer, recv, tmp_path, held_catch_up):
+    _, sha = whole_partial(tmp_path / "broker-data")
+    broker = make_broker()
+    dealer = raw_dealer(broker.endpoints["control"])
+    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask(p.Hello, nick="alice")
+    ask(p.Join, room="share")
+    ready = ask(pf.FilePut, room="share", name="f.bin", size=MiB, sha256=sha)
+    sink = _files_service(broker).uploads[ready.upload].sink
+    assert sink is not None and sink.catching_up
+    called: list[int] = []
+    real_on_hashed, real_stop = sink.on_hashed, sink.stop
+    sink.on_hashed = lambda end: (called.append(end), real_on_hashed(end))
+    stopped = gevent.event.Event()
+    sink.stop = lambda: (real_stop(), stopped.set())  # type: ignore[method-assign]
+    stopping = gevent.spawn(broker.stop)
+    assert stopped.wait(WAIT_S)  # the files service dropped the upload; its hash job is held
+    held_catch_up.set()
+    stopping.get(timeout=WAIT_S)
+    assert sink.idle  # stop() waited for the catch-up to end
+    assert sink.wait_idle(WAIT_S) and called == []  # which called nothing back
+
+
+def test_held_acks_of_an_upload_dropped_with_its_queue_are_refused_never_acked(
+        broker, raw_dealer, recv, monkeypatch):
+    """The disk holds every write: 8 FILE-ACKs go at once (the write queue), 2 wait. A FILE-PUT
+    of the same sha256 with another size drops the upload and its queue: the 2 waiting get
+    ERROR 500, not a FILE-ACK for octets that were never written."""
+    gate = threading.Event()
+    real = sink_module._write_batch
+
+    def held(*args: Any) -> None:
+        gate.wait(WAIT_S * 2)
+        real(*args)
+
+    monkeypatch.setattr(sink_module, "_write_batch", held)
+    try:
+        data = os.urandom(16 * MiB)
+        sha = hashlib.sha256(data).hexdigest()
+        dealer = raw_dealer()
+        ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+        ask(p.Hello, nick="alice")
+        ask(p.Join, room="share")
+        put = {"room": "share", "name": "a.bin", "size": len(data), "sha256": sha}
+        ready = ask(pf.FilePut, **put)
+        step = ready.chunk_bytes
+        for i in range(10):
+            dealer.send_multipart(p.encode(pf.FileData(
+                req_id=100 + i, upload=ready.upload, offset=i * step,
+                data=data[i * step:(i + 1) * step])))
+        acks = [recv(dealer, timeout_s=WAIT_S) for _ in range(8)]
+        assert [a.req_id for a in acks] == list(range(100, 108))
+        assert all(isinstance(a, pf.FileAck) for a in acks)
+        dealer.send_multipart(p.encode(pf.FilePut(req_id=200, **{**put, "size": len(data) + 1})))
+        replies = {r.req_id: r for r in (recv(dealer, timeout_s=WAIT_S) for _ in range(3))}
+        assert isinstance(replies[200], pf.FileReady) and replies[200].offset == 0
+        for req_id in (108, 109):
+            assert isinstance(replies[req_id], p.Error), replies[req_id]
+            assert replies[req_id].code == p.ErrorCode.INTERNAL_ERROR
+    finally:
+        gate.set()

@@ -6,10 +6,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
+import gevent
+import gevent.event
 import pytest
 
+import zmeet.client.files as client_files
+from zmeet.files import TransferFailed
 from zmeet.files.sink import FileSink
+from zmeet.protocol import files as pf
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,6 +24,35 @@ WAIT_S = 10.0
 
 def chunks_of(data: bytes, size: int, start: int = 0) -> list[tuple[int, bytes]]:
     return [(o, data[o:o + size]) for o in range(start, len(data), size)]
+
+
+class HeldPool:
+    """A threadpool whose jobs wait until :meth:`release` (a disk that stalls): the fault a
+    real disk does not give on demand. Released jobs run on the calling greenlet."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple, gevent.event.AsyncResult]] = []
+        self.arrived = gevent.event.Event()
+
+    def spawn(self, fn: Any, *args: Any) -> gevent.event.AsyncResult:
+        result = gevent.event.AsyncResult()
+        self.jobs.append((fn, args, result))
+        self.arrived.set()
+        return result
+
+    def wait_jobs(self, count: int) -> None:
+        with gevent.Timeout(WAIT_S):
+            while len(self.jobs) < count:
+                self.arrived.clear()
+                self.arrived.wait()
+
+    def release(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for fn, args, result in jobs:
+            try:
+                result.set(fn(*args))
+            except Exception as exc:
+                result.set_exception(exc)
 
 
 def test_chunks_are_written_in_order_and_hashed_as_they_go(tmp_path: Path):
@@ -147,3 +182,41 @@ def test_close_waits_for_the_queue_and_stop_drops_it(tmp_path: Path):
     sink.stop()
     assert sink.wait_idle(WAIT_S) and sink.fd is None
     assert (tmp_path / "a").read_bytes() == b"abc"
+
+
+def test_stop_during_a_job_ends_the_writer_and_the_catch_up_with_no_callback_after(
+        tmp_path: Path):
+    path = tmp_path / "partial"
+    path.write_bytes(b"y" * 1000)
+    calls: list[tuple[str, Any]] = []
+    pool = HeldPool()
+    sink = FileSink(path, pool=pool, catch_up_bytes=100,
+                    on_written=lambda end: calls.append(("written", end)),
+                    on_hashed=lambda end: calls.append(("hashed", end)),
+                    on_error=lambda where, exc: calls.append(("error", where)))
+    sink.open()
+    sink.truncate(1000)
+    sink.catch_up()
+    sink.put(1000, b"z" * 10)
+    pool.wait_jobs(2)  # the catch-up's first job and the write, both under way
+    sink.stop()
+    pool.release()
+    assert sink.wait_idle(WAIT_S)
+    assert calls == []  # nothing told after stop(): a closed service is not called back
+    assert pool.jobs == [] and sink.fd is None
+
+
+def test_a_download_part_on_a_disk_that_stalls_fails_with_advice_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(client_files, "DONE_TIMEOUT_S", 0.05)
+    pool = HeldPool()
+    target = client_files._PartTarget(tmp_path / "f.part", pool, credit=1)
+    target.begin(pf.FileInfo(id="0123456789ab", name="f.bin", size=1000, sha256="ab" * 32,
+                             sender="eve", room="share"))
+    assert target.sink is not None
+    with pytest.raises(TransferFailed, match="the disk wrote nothing for 0.05 s.*resume"):
+        for offset in range(0, 1000, 10):  # the writer's first job never returns
+            target.put(offset, b"a" * 10)
+    pool.release()
+    target.close()
+    assert target.sink.idle

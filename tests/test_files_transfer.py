@@ -179,6 +179,22 @@ def test_release_acks_what_was_accepted_and_refuses_done():
     assert kinds(up2.release()) == [Refuse] and up2.state is UploadState.RECEIVING
 
 
+def test_abort_refuses_every_held_ack_and_done_and_what_comes_after():
+    up = Upload(100, SHA, queue_chunks=1)
+    up.handle(DataReceived("a", 0, 10))
+    up.handle(DataReceived("b", 10, 10))  # held: its chunk is dropped with the queue
+    assert up.abort(500, "dropped") == [Refuse("b", 500, "dropped")]
+    assert up.state is UploadState.FAILED and up.waiting == 0 and up.accepted == 0
+    assert up.handle(DataReceived("c", 0, 10)) == [Refuse("c", 500, "dropped")]
+    assert up.handle(DoneAsked("e")) == [Refuse("e", 500, "dropped")]
+    up2 = Upload(10, SHA, received=10)
+    assert up2.handle(DoneAsked("d")) == [CatchUp()]
+    assert up2.abort(500, "bug") == [Refuse("d", 500, "bug")] and up2.waiting == 0
+    up3 = Upload(10, SHA, received=10, stored=True)
+    assert up3.handle(DoneAsked("d")) == [Share("d")]
+    assert up3.abort(500, "late") == [] and up3.state is UploadState.VERIFIED
+
+
 def test_the_machine_refuses_events_it_does_not_know():
     with pytest.raises(TypeError):
         Upload(1, SHA).handle(object())

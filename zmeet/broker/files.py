@@ -19,8 +19,12 @@ and hashes them, a few per threadpool job. FILE-ACK goes at once while at most
 WRITE_QUEUE_CHUNKS chunks wait for the disk; past that (a disk slower than the network) it is a
 deferred reply sent when writes make room, which bounds what an upload holds in memory: the
 client's window of unacked chunks plus the queue. FILE-DONE is answered (deferred) once every
-chunk is written and the hash, a resumed upload's catch-up included, has reached the end. A
-download is streamed by a greenlet of its own, which reads a few chunks per threadpool job and
+chunk is written and the hash, a resumed upload's catch-up included, has reached the end; the
+share itself (record, room event, FILE-SHARED) runs in a greenlet of its own, outside the
+control loop, so that a room event that cannot be stored is known there: ERROR 500 and no
+record (the content stays stored: FILE-PUT again shares it at once). A fault in a sink's
+callback (a bug) refuses 500 every reply the upload holds rather than leave one unanswered.
+A download is streamed by a greenlet of its own, which reads a few chunks per threadpool job and
 sends them as FILE-CHUNK while the client's credit lasts.
 
 A shared file is announced to its room as a room event of type ``file`` (sequenced, stored,
@@ -42,6 +46,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.pool
 
 from .. import protocol as p
 from ..chat.rooms import check_nick, check_room
@@ -78,8 +83,10 @@ MAX_TRANSFERS_PER_SESSION = 16
 """Uploads plus downloads one session may have at once (more: ERROR 429)."""
 
 UPLOAD_TAKEOVER_IDLE_S = 10.0
-"""An upload of the same content by another live session that sent nothing for this long may
-be taken over (a client that was killed and is retried under another nick)."""
+"""An upload of the same content by another live session that sent nothing for this long (no
+FILE-PUT, FILE-DATA, FILE-DONE, no write or hash progress) and waits for no reply (no FILE-ACK
+held back, no FILE-DONE being answered) may be taken over (a client that was killed and is
+retried under another nick)."""
 
 UPLOAD_IDLE_S = 600.0
 """An upload untouched this long is forgotten in memory (its partial stays for a resume)."""
@@ -89,9 +96,6 @@ DOWNLOAD_IDLE_S = 120.0
 
 PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
 """Partial uploads older than this are removed at broker start."""
-
-CATCH_UP_BYTES = 8 * 1024 * 1024
-"""Octets of a partial hashed per threadpool job when a resumed upload's hash catches up."""
 
 EXPIRY_CHECK_S = 1.0
 
@@ -166,6 +170,10 @@ class FileStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def remove(self, file_id: str) -> None:
+        """Delete the record ``file_id`` (nothing happens if there is none)."""
+        self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     def add(self, info: pf.FileInfo) -> None:
         self._db.execute(
@@ -283,7 +291,9 @@ class FilesService(Service):
     upload's catch-up included) return a :class:`Deferred`, answered by the upload's sink
     greenlets when its :class:`~zmeet.files.transfer.Upload` machine says so. A client's
     FILE-ACKs keep the order of its FILE-DATA; FILE-SHARED comes once the content is written,
-    checked and stored.
+    checked and stored, and its record and room event are stored (else ERROR 500; ERROR 403
+    if the sender left the room meanwhile). An upload whose owner waits for a deferred reply
+    is not taken over by another session.
 
     Raises :class:`sqlite3.Error` or OSError at construction if the data directory cannot be
     used.
@@ -295,8 +305,7 @@ class FilesService(Service):
         super().__init__(broker)
         data_dir = Path(broker.config.data_dir)
         self.clock: Clock = broker.clock
-        self.max_file_size = int(getattr(broker.config, "max_file_size",
-                                         pf.DEFAULT_MAX_FILE_SIZE))
+        self.max_file_size = int(broker.config.max_file_size)
         self.blobs = data_dir / "blobs"
         self.partials = self.blobs / "partial"
         self.partials.mkdir(parents=True, exist_ok=True)
@@ -305,6 +314,7 @@ class FilesService(Service):
         self._by_sha: dict[str, _Upload] = {}
         self.downloads: dict[str, _Download] = {}
         self._pool = gevent.get_hub().threadpool
+        self._sharing = gevent.pool.Group()  # greenlets of _record: record, announce, reply
         self._next_expiry_s = 0.0
         self.counters = {"uploaded": 0, "rejected": 0, "downloads": 0, "chunks_out": 0,
                          "chunks_in": 0}
@@ -350,12 +360,25 @@ class FilesService(Service):
                 "downloads_open": len(self.downloads)}
 
     def close(self) -> None:
+        """Stop the downloads; let each upload's queue reach its partial (CLOSE_DRAIN_S at
+        most each: what was acked is on the disk), then drop the uploads and wait (as long at
+        most) for their catch-ups to end after their current job, so that nothing calls into
+        the store once it is closed. Shares not yet recorded are not (their replies would be
+        dropped: the broker stops)."""
         for dl in list(self.downloads.values()):
             self._stop(dl)
+        sinks: list[FileSink] = []
         for up in list(self._by_sha.values()):  # what was acked reaches the partial first
-            if up.sink is not None and not up.sink.wait_drained(CLOSE_DRAIN_S):
-                log.warning("upload of %s: the queue was not written in time", up.name)
+            if up.sink is not None:
+                sinks.append(up.sink)
+                if not up.sink.wait_drained(CLOSE_DRAIN_S):
+                    log.warning("upload of %s: the queue was not written in time", up.name)
             self._forget(up)
+        self._sharing.kill(block=False)
+        deadline_s = self.clock.monotonic_s() + CLOSE_DRAIN_S
+        for sink in sinks:
+            if not sink.wait_idle(max(0.0, deadline_s - self.clock.monotonic_s())):
+                log.warning("%s: a catch-up hash was still running at stop", sink.path.name)
         self.store.close()
 
     # helpers --------------------------------------------------------------------------------
@@ -390,7 +413,14 @@ class FilesService(Service):
             up.sink.close()
 
     def _forget(self, up: _Upload, *, delete: bool = False) -> None:
-        self._release(up)
+        """Drop ``up`` for good: its queue is dropped, so what its machine holds back (FILE-ACKs,
+        a FILE-DONE) is refused 500, never acked; so are the FILE-PUTs waiting for it. Its
+        partial stays for a resume unless ``delete``."""
+        self.uploads.pop(up.upload_id, None)
+        up.owner = None
+        up.upload_id = ""
+        self._run(up, up.machine.abort(p.ErrorCode.INTERNAL_ERROR,
+                                       "the upload was dropped: send FILE-PUT again"))
         if self._by_sha.get(up.sha256) is up:
             del self._by_sha[up.sha256]
         for answer, _ in up.puts:
@@ -426,7 +456,7 @@ class FilesService(Service):
         if up is not None and up.owner is not None and up.owner != session.routing_id:
             owner_alive = up.owner in self.broker.sessions
             idle_s = self.clock.monotonic_s() - up.last_active
-            if owner_alive and idle_s < UPLOAD_TAKEOVER_IDLE_S:
+            if owner_alive and (idle_s < UPLOAD_TAKEOVER_IDLE_S or up.machine.waiting):
                 raise Refused(p.ErrorCode.TOO_MANY,
                               "the same content is being uploaded by another client; "
                               "try again shortly")
@@ -470,6 +500,10 @@ class FilesService(Service):
                 self._ready(answer, req, current)
             except Refused as exc:
                 answer.refuse(exc.code, exc.reason)
+            except Exception:  # a bug: this FILE-PUT is answered all the same
+                log.exception("FILE-PUT of %s after the previous owner's writes failed",
+                              req.sha256[:12])
+                answer.refuse(p.ErrorCode.INTERNAL_ERROR, "internal error")
 
     def _ready(self, answer: _Answer, req: pf.FilePut, up: _Upload) -> None:
         """Give ``up`` to ``answer``'s session with a new machine; reply FILE-READY."""
@@ -534,13 +568,12 @@ class FilesService(Service):
         except FileNotFoundError:
             pass
         sink = FileSink(self.partials / sha256, mode=0o600, pool=self._pool,
-                        max_chunks=WRITE_QUEUE_CHUNKS + UPLOAD_WINDOW,
-                        catch_up_bytes=CATCH_UP_BYTES)
+                        max_chunks=WRITE_QUEUE_CHUNKS + UPLOAD_WINDOW)
         up = _Upload(sha256, size, sink, Upload(size, sha256))
-        sink.on_written = lambda end: self._run(up, up.machine.handle(Written(end)))
-        sink.on_hashed = lambda end: self._run(up, up.machine.handle(Hashed(end)))
-        sink.on_error = lambda where, exc: self._on_sink_error(up, where, exc)
-        sink.on_drained = lambda: self._go_on_puts(up) if up.puts else None
+        sink.on_written = self._guarded(up, self._on_written)
+        sink.on_hashed = self._guarded(up, self._on_hashed)
+        sink.on_error = self._guarded(up, self._on_sink_error)
+        sink.on_drained = self._guarded(up, self._on_drained)
         self._reopen(up)
         self._by_sha[sha256] = up
         return up
@@ -561,6 +594,50 @@ class FilesService(Service):
                           "the broker cannot store files now") from None
         sink.catch_up()
 
+    def _guarded(self, up: _Upload, callback: Any) -> Any:
+        """``callback(up, *args)`` as a sink callback (run by the sink's writer or catch-up
+        greenlet) that cannot strand a reply: an exception in it (a bug) is logged, every
+        reply ``up`` holds is refused 500 and the upload dropped (:meth:`_abort`), and the
+        sink's greenlet goes on to its end."""
+
+        def call(*args: Any) -> None:
+            try:
+                callback(up, *args)
+            except Exception:
+                log.exception("upload of %s: %s failed", up.sha256[:12], callback.__name__)
+                self._abort(up)
+
+        return call
+
+    def _abort(self, up: _Upload) -> None:
+        """A bug hit ``up``: refuse 500 every reply it holds (its machine's FILE-ACKs and
+        FILE-DONE, the FILE-PUTs waiting for it) and drop it; its partial stays for a resume."""
+        reason = "the broker failed on this upload: send FILE-PUT again"
+        for effect in up.machine.abort(p.ErrorCode.INTERNAL_ERROR, reason):
+            effect.token.refuse(effect.code, effect.reason)
+        try:
+            self._forget(up)
+        except Exception:
+            log.exception("upload of %s could not be dropped", up.sha256[:12])
+            for answer, _ in up.puts:
+                answer.refuse(p.ErrorCode.INTERNAL_ERROR, reason)
+            up.puts.clear()
+            if self._by_sha.get(up.sha256) is up:
+                del self._by_sha[up.sha256]
+            self.uploads.pop(up.upload_id, None)
+
+    def _on_written(self, up: _Upload, end: int) -> None:
+        up.last_active = self.clock.monotonic_s()
+        self._run(up, up.machine.handle(Written(end)))
+
+    def _on_hashed(self, up: _Upload, end: int) -> None:
+        up.last_active = self.clock.monotonic_s()  # a long catch-up is not an idle owner
+        self._run(up, up.machine.handle(Hashed(end)))
+
+    def _on_drained(self, up: _Upload) -> None:
+        if up.puts:
+            self._go_on_puts(up)
+
     def _on_sink_error(self, up: _Upload, where: str, exc: OSError) -> None:
         reason = str(exc.strerror or exc)
         event = WriteFailed(reason) if where == "write" else HashFailed(reason)
@@ -573,31 +650,46 @@ class FilesService(Service):
         return up
 
     def _run(self, up: _Upload, effects: list[Any], data: Any = None) -> None:
-        """Carry out the effects of ``up``'s machine, in order."""
-        for effect in effects:
-            if isinstance(effect, Ack):
-                effect.token.send(pf.FileAck(req_id=effect.token.request.req_id,
-                                             upload=effect.token.request.upload,
-                                             received=effect.received))
-            elif isinstance(effect, Write):
-                assert up.sink is not None and data is not None
-                up.sink.put(effect.offset, data)
-                self.counters["chunks_in"] += 1
-            elif isinstance(effect, Refuse):
-                effect.token.refuse(effect.code, effect.reason)
-            elif isinstance(effect, CatchUp):
-                if up.sink is not None:
-                    up.sink.catch_up()
-            elif isinstance(effect, Verify):
-                assert up.sink is not None
-                self._run(up, up.machine.handle(Verified(up.sink.hexdigest())))
-            elif isinstance(effect, Share):
-                self._share(up, effect.token)
-            elif isinstance(effect, Discard):
-                self._forget(up, delete=True)
-                self.counters["rejected"] += 1
-                log.warning("upload of %r does not match its sha256 or was lost: dropped",
-                            up.name)
+        """Carry out the effects of ``up``'s machine, in order. If one raises (a bug), it is
+        logged, the replies of it and of the effects after it are refused 500 and the upload
+        is dropped (:meth:`_abort`): no reply is left unanswered."""
+        for i, effect in enumerate(effects):
+            try:
+                self._effect(up, effect, data)
+            except Exception:
+                log.exception("upload of %s: %s failed", up.sha256[:12], type(effect).__name__)
+                for rest in effects[i:]:
+                    token = getattr(rest, "token", None)
+                    if isinstance(token, _Answer):
+                        token.refuse(p.ErrorCode.INTERNAL_ERROR, "internal error")
+                self._abort(up)
+                return
+
+    def _effect(self, up: _Upload, effect: Any, data: Any) -> None:
+        """Carry out one effect of ``up``'s machine (``data``: the octets of a Write)."""
+        if isinstance(effect, Ack):
+            effect.token.send(pf.FileAck(req_id=effect.token.request.req_id,
+                                         upload=effect.token.request.upload,
+                                         received=effect.received))
+        elif isinstance(effect, Write):
+            assert up.sink is not None and data is not None
+            up.sink.put(effect.offset, data)
+            self.counters["chunks_in"] += 1
+        elif isinstance(effect, Refuse):
+            effect.token.refuse(effect.code, effect.reason)
+        elif isinstance(effect, CatchUp):
+            if up.sink is not None:
+                up.sink.catch_up()
+        elif isinstance(effect, Verify):
+            assert up.sink is not None
+            self._run(up, up.machine.handle(Verified(up.sink.hexdigest())))
+        elif isinstance(effect, Share):
+            self._share(up, effect.token)
+        elif isinstance(effect, Discard):
+            self._forget(up, delete=True)
+            self.counters["rejected"] += 1
+            log.warning("upload of %r does not match its sha256 or was lost: dropped",
+                        up.name)
 
     def _data(self, session: ClientSession, req: pf.FileData) -> p.Reply | Deferred:
         """Accept a chunk in order for the upload's sink (its writer greenlet writes it): the
@@ -618,14 +710,15 @@ class FilesService(Service):
         assert rooms is not None
         if up.room and not rooms.is_member(up.room, session.nick):
             raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {up.room!r} first")
+        up.last_active = self.clock.monotonic_s()
         answer = _Answer(session, req)
         self._run(up, up.machine.handle(DoneAsked(answer)))
         return answer.settle(self.broker)
 
     def _share(self, up: _Upload, answer: _Answer) -> None:
-        """The content is whole and matches: move the partial to its blob, record it,
-        announce it, reply FILE-SHARED."""
-        session = answer.session
+        """The content is whole and matches: move the partial to its blob and forget the
+        upload (a FILE-PUT of the same content now finds it stored), then record, announce
+        and reply FILE-SHARED in a greenlet of its own (:meth:`_record`)."""
         if up.sink is not None:
             up.sink.close()
             blob = self.blob_path(up.sha256)
@@ -637,16 +730,54 @@ class FilesService(Service):
                 self._forget(up)
                 answer.refuse(p.ErrorCode.INTERNAL_ERROR, "the broker could not store the file")
                 return
-        info = pf.FileInfo(id=self.store.new_id(), name=up.name, size=up.size,
-                           sha256=up.sha256, sender=session.nick, room=up.room, to=up.to,
-                           ts_ms=self.clock.wall_ms())
-        self.store.add(info)
         self._forget(up)
+        self._sharing.spawn(self._record, up, answer)
+
+    def _record(self, up: _Upload, answer: _Answer) -> None:
+        """Record the stored content ``up`` as a file of ``answer``'s session, announce it
+        (the room event, or FILE-OFFER to the recipient) and reply FILE-SHARED.
+
+        It runs outside the control loop, so that ``publish_events`` stores the event at once
+        and raises if it cannot: then the record is removed again, as it is never added if
+        its own store fails, and the reply is ERROR 500 (nothing was shared; the content
+        stays stored, so FILE-PUT again shares it at once). ERROR 403 if the sender left the
+        room after FILE-DONE. Any other exception (a bug) is logged and answered 500."""
+        session = answer.session
+        rooms = self.broker.rooms
+        try:
+            assert rooms is not None
+            if up.room and not rooms.is_member(up.room, session.nick):
+                answer.refuse(p.ErrorCode.NOT_MEMBER, f"join room {up.room!r} first")
+                return
+            info = pf.FileInfo(id=self.store.new_id(), name=up.name, size=up.size,
+                               sha256=up.sha256, sender=session.nick, room=up.room, to=up.to,
+                               ts_ms=self.clock.wall_ms())
+            self.store.add(info)
+            try:
+                self._announce(session, info)
+            except Exception:
+                self._unrecord(info)
+                raise
+        except (Refused, sqlite3.Error) as exc:
+            log.error("%s's %r was not shared: %s", session.nick, up.name, exc)
+            answer.refuse(p.ErrorCode.INTERNAL_ERROR, "the broker could not store this")
+            return
+        except Exception:
+            log.exception("%s's %r was not shared", session.nick, up.name)
+            answer.refuse(p.ErrorCode.INTERNAL_ERROR, "internal error")
+            return
         self.counters["uploaded"] += 1
-        self._announce(session, info)
         log.info("%s shared %r (%s) as %s", session.nick, info.name, format_size(info.size),
                  info.id)
         answer.send(pf.FileShared(req_id=answer.request.req_id, file=info))
+
+    def _unrecord(self, info: pf.FileInfo) -> None:
+        """Remove the record of a file that could not be announced (logged if that fails
+        too: the record then lists a file no room event told of)."""
+        try:
+            self.store.remove(info.id)
+        except sqlite3.Error as exc:
+            log.error("could not remove the record of %s (%r): %s", info.id, info.name, exc)
 
     def _announce(self, session: ClientSession, info: pf.FileInfo) -> None:
         broker = self.broker

@@ -94,7 +94,8 @@ DOWNLOAD_ATTEMPTS = 3
 """FILE-GETs one download makes (the first and the re-asks after a stall or a gap)."""
 
 DONE_TIMEOUT_S = 120.0
-"""How long FILE-DONE may take: the broker may still be hashing a resumed upload."""
+"""How long FILE-DONE may take (the broker may still be hashing a resumed upload), and how long
+a download waits for its disk to make room in the write queue or finish."""
 
 EARLY_CHUNKS = pf.MAX_CREDIT
 """Chunks kept for a download whose FILE-STREAM reply the caller has not read yet."""
@@ -627,11 +628,16 @@ class _PartTarget(_Target):
 
     def put(self, offset: int, data: Any) -> None:
         """Queue a chunk (waiting for room, a few chunks at most: credit bounds them).
-        Raises OSError if an earlier write failed."""
+        Raises OSError if an earlier write failed, :class:`~zmeet.files.TransferFailed` if
+        the disk made no room for DONE_TIMEOUT_S seconds (the part keeps what was written:
+        the same command resumes)."""
         assert self.sink is not None
         if self.sink.error is not None:
             raise self.sink.error
-        self.sink.wait_room(DONE_TIMEOUT_S)
+        if not self.sink.wait_room(DONE_TIMEOUT_S):
+            raise TransferFailed(
+                f"{self.part.name}: the disk wrote nothing for {DONE_TIMEOUT_S:g} s; "
+                "run the same command again to resume")
         self.sink.put(offset, data)
 
     def catch_up(self) -> None:

@@ -38,7 +38,8 @@ from .hashing import hash_range, write_and_hash
 log = logging.getLogger("zmeet.files.sink")
 
 CATCH_UP_BYTES = 8 * 1024 * 1024
-"""Octets of the file hashed per threadpool job when the hash catches up with the disk."""
+"""Octets of the file hashed per threadpool job when the hash catches up with the disk (the
+default of ``catch_up_bytes``; the broker's uploads use it)."""
 
 BATCH_CHUNKS = 8
 """Most queued chunks written (and hashed) in one threadpool job."""
@@ -178,7 +179,9 @@ class FileSink:
             self._close_fd()
 
     def stop(self) -> None:
-        """Stop for good: drop what is queued, end a catch-up after its current job, close."""
+        """Stop for good: drop what is queued, end a catch-up after its current job, close.
+        No ``on_written``, ``on_hashed`` or ``on_error`` comes after it (``on_drained`` still
+        tells when the writer has ended); :meth:`wait_idle` waits for the job under way."""
         self._stopped = True
         self._pending.clear()
         self.close()
@@ -262,12 +265,14 @@ class FileSink:
                     self._pending.clear()
                     self.queued = self.written
                     self.reset_hash()  # a resume hashes the file again
-                    if self.on_error is not None:
+                    if self.on_error is not None and not self._stopped:
                         self.on_error("write", exc)
                     break
                 self.written = end
                 if inline:
                     self.hashed = end
+                if self._stopped:  # stopped while the batch was written: nothing more to tell
+                    break
                 if self.on_written is not None:
                     self.on_written(end)
                 if inline and self.on_hashed is not None:
@@ -296,12 +301,14 @@ class FileSink:
                 if got != want:
                     raise OSError(f"{self.path.name} is shorter than {self.hashed + want}")
                 self.hashed += got
+                if self._stopped:  # stopped during the job: nothing more to tell
+                    break
                 if self.on_hashed is not None:
                     self.on_hashed(self.hashed)
         except OSError as exc:
             log.warning("could not hash %s: %s", self.path.name, exc)
-            self._stopped = True
-            if self.on_error is not None:
+            stopped, self._stopped = self._stopped, True
+            if self.on_error is not None and not stopped:
                 self.on_error("hash", exc)
         finally:
             self._catcher = None

@@ -324,14 +324,35 @@ class Upload:
         return out
 
     def release(self) -> list[Any]:
-        """The owner is gone or cancelled: the held FILE-ACKs are sent (their chunks are
-        queued and will be written), a FILE-DONE being answered is refused (404)."""
+        """The owner is gone or cancelled and the driver keeps the upload for a resume, its
+        queued chunks still to be written (it closes the sink after its queue): the held
+        FILE-ACKs are sent, a FILE-DONE being answered is refused (404). A driver that drops
+        the queue calls :meth:`abort` instead."""
         out: list[Any] = [Ack(token, end) for token, end in self._held]
         self._held.clear()
         if self._done is not None:
             token, self._done = self._done, None
             self.state = UploadState.RECEIVING
             out.append(Refuse(token, ErrorCode.NOT_FOUND, "the upload was cancelled"))
+        return out
+
+
+    def abort(self, code: int, reason: str) -> list[Any]:
+        """The driver drops the upload (its queued chunks are not written) or hit a fault:
+        every reply held back, the FILE-ACKs and a FILE-DONE being answered, is refused
+        ``code`` (an :class:`~zmeet.protocol.ErrorCode`) with ``reason``, so that no FILE-ACK
+        claims a chunk that was dropped. The machine is FAILED (unless VERIFIED) and refuses
+        what comes after."""
+        out: list[Any] = [Refuse(token, code, reason) for token, _ in self._held]
+        self._held.clear()
+        self._unwritten.clear()
+        if self._done is not None:
+            out.append(Refuse(self._done, code, reason))
+            self._done = None
+        if self.state is not UploadState.VERIFIED:
+            self.state = UploadState.FAILED
+            self.failure = (code, reason)
+            self.accepted = self.written
         return out
 
 
