@@ -872,6 +872,30 @@ def test_no_one_takes_over_an_upload_whose_owner_waits_for_file_done(
     assert isinstance(taken, pf.FileReady) and taken.upload != first.upload
 
 
+def test_a_size_lie_does_not_drop_an_upload_whose_owner_is_there(
+        make_broker, connect, tmp_path, held_catch_up):
+    """Another session's FILE-PUT of the same sha256 with another size (one of them lies) must
+    not wipe the upload of a live owner waiting for FILE-DONE: 429, and the owner's share goes
+    through from its partial."""
+    _, sha = whole_partial(tmp_path / "broker-data")
+    broker = make_broker()
+    alice, mallory = connect("alice", broker), connect("mallory", broker)
+    alice.join("share")
+    mallory.join("share")
+    put = {"room": "share", "to": "", "name": "x.bin", "size": MiB, "sha256": sha}
+    ready = alice.request(pf.FilePut, **put)
+    done = gevent.spawn(alice.request, pf.FileDone, upload=ready.upload)
+    gevent.sleep(0)  # FILE-DONE is sent
+    alice.request(pf.FileList, room="share")  # answered after FILE-DONE was handled
+    assert _files_service(broker).uploads[ready.upload].machine.waiting == 1
+    with pytest.raises(Refused) as refused:
+        mallory.request(pf.FilePut, **{**put, "size": MiB + 1})
+    assert refused.value.code == p.ErrorCode.TOO_MANY
+    held_catch_up.set()
+    shared = done.get(timeout=WAIT_S)
+    assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
+
+
 def test_a_sender_who_leaves_before_the_deferred_share_is_not_announced(
         make_broker, connect, tmp_path, held_catch_up):
     _, sha = whole_partial(tmp_path / "broker-data")

@@ -381,3 +381,72 @@ def test_a_game_history_row_it_cannot_read_is_an_error_and_the_store_serves_on(
     assert isinstance(bad, p.Error) and bad.code == p.ErrorCode.INTERNAL_ERROR
     good = roundtrip(dealer, p.encode(pg.GameHistory(req_id=3, limit=5, nick="alice")))
     assert good == pg.GameRecords(req_id=3, records=())
+
+
+def test_a_new_nick_on_the_same_connection_leaves_no_game_history_read_behind(
+    make_broker, raw_dealer, roundtrip, recv, monkeypatch
+):
+    """A HELLO with a new nick ends the session: its waiting GAME-HISTORY reads go with it (their
+    replies would be dropped), so changing nick cannot dodge the per-session limit: the store
+    reads only for the session still there."""
+    reads: list[str] = []
+    recent = GamesStore.recent
+
+    def spy(self, limit, nick=""):  # a spy on the real store's reads
+        reads.append(nick)
+        return recent(self, limit, nick)
+
+    monkeypatch.setattr(GamesStore, "recent", spy)
+    broker = make_broker()
+    (games,) = [s for s in broker.services if isinstance(s, GamesService)]
+    dealer = raw_dealer(broker.endpoints["control"])
+    assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="r0"))), p.Welcome)
+    slow_disk = threading.Event()
+    held = games._store_thread.spawn(slow_disk.wait, 10)
+    req_id = 10
+    try:
+        for n in range(1, 6):
+            for _ in range(MAX_HISTORY_READS_PER_SESSION):
+                dealer.send_multipart(p.encode(pg.GameHistory(req_id=req_id, limit=5)))
+                req_id += 1
+            welcome = roundtrip(dealer, p.encode(p.Hello(req_id=req_id, nick=f"r{n}")))
+            req_id += 1
+            assert isinstance(welcome, p.Welcome)
+        # only the reads of the session now at this connection are waiting (none): so it may
+        # queue its own full share, and the next is refused
+        for _ in range(MAX_HISTORY_READS_PER_SESSION):
+            dealer.send_multipart(p.encode(pg.GameHistory(req_id=req_id, limit=5)))
+            req_id += 1
+        refused = roundtrip(dealer, p.encode(pg.GameHistory(req_id=req_id, limit=5)))
+        assert isinstance(refused, p.Error) and refused.code == p.ErrorCode.TOO_MANY
+    finally:
+        slow_disk.set()
+    held.get(timeout=5)
+    answered = [recv(dealer) for _ in range(MAX_HISTORY_READS_PER_SESSION)]
+    assert all(isinstance(a, pg.GameRecords) for a in answered), answered
+    # the ended sessions' reads never ran, but for at most the one the store greenlet had
+    # already handed to the held thread when the first new nick came
+    assert MAX_HISTORY_READS_PER_SESSION <= len(reads) <= MAX_HISTORY_READS_PER_SESSION + 1
+
+
+def test_a_game_history_reply_the_protocol_cannot_carry_is_an_error_and_the_store_serves_on(
+    make_broker, tmp_path, raw_dealer, roundtrip
+):
+    """A stored game whose options hold a number msgpack cannot carry (2**64, valid JSON): that
+    GAME-HISTORY is ERROR 500, a retry gets the same, and the next read is answered."""
+    data = tmp_path / "broker-data"
+    store = GamesStore(data / GAMES_DB)
+    store.add([pg.GameRecord(id="g1", kind="tictactoe", players=("mallory", "bob"), options={},
+                             moves=(), result="draw", winner="", reason="full", started_ms=1,
+                             ended_ms=2)])
+    store._db.execute("UPDATE games SET options = '{\"n\": 18446744073709551616}'")
+    store.close()
+    broker = make_broker(data_dir=data)
+    dealer = raw_dealer(broker.endpoints["control"])
+    assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="reader"))), p.Welcome)
+    request = p.encode(pg.GameHistory(req_id=2, limit=5, nick="mallory"))
+    bad = roundtrip(dealer, request)
+    assert isinstance(bad, p.Error) and bad.code == p.ErrorCode.INTERNAL_ERROR
+    assert roundtrip(dealer, request) == bad  # the retry: the cached answer
+    good = roundtrip(dealer, p.encode(pg.GameHistory(req_id=3, limit=5, nick="alice")))
+    assert good == pg.GameRecords(req_id=3, records=())

@@ -315,6 +315,7 @@ class FilesService(Service):
         self.downloads: dict[str, _Download] = {}
         self._pool = gevent.get_hub().threadpool
         self._sharing = gevent.pool.Group()  # greenlets of _record: record, announce, reply
+        self._closing = False  # close() has begun: no share is recorded any more
         self._next_expiry_s = 0.0
         self.counters = {"uploaded": 0, "rejected": 0, "downloads": 0, "chunks_out": 0,
                          "chunks_in": 0}
@@ -365,6 +366,8 @@ class FilesService(Service):
         most) for their catch-ups to end after their current job, so that nothing calls into
         the store once it is closed. Shares not yet recorded are not (their replies would be
         dropped: the broker stops)."""
+        self._closing = True  # a share that runs while this waits below records nothing
+        self._sharing.kill(block=False)
         for dl in list(self.downloads.values()):
             self._stop(dl)
         sinks: list[FileSink] = []
@@ -450,9 +453,8 @@ class FilesService(Service):
             raise Refused(p.ErrorCode.TOO_MANY,
                           f"at most {MAX_TRANSFERS_PER_SESSION} transfers at once")
         up = self._by_sha.get(req.sha256)
-        if up is not None and up.size != req.size:  # same hash, other size: one of them lies
-            self._forget(up, delete=True)
-            up = None
+        # a live owner's upload is never taken over or dropped by another session, whatever
+        # size that one claims (else anyone who knows a hash could wipe a large resumable upload)
         if up is not None and up.owner is not None and up.owner != session.routing_id:
             owner_alive = up.owner in self.broker.sessions
             idle_s = self.clock.monotonic_s() - up.last_active
@@ -460,6 +462,10 @@ class FilesService(Service):
                 raise Refused(p.ErrorCode.TOO_MANY,
                               "the same content is being uploaded by another client; "
                               "try again shortly")
+        if up is not None and up.size != req.size:  # same hash, other size: one of them lies
+            self._forget(up, delete=True)
+            up = None
+        if up is not None and up.owner is not None and up.owner != session.routing_id:
             log.info("upload of %s taken over by %s", req.sha256[:12], session.nick)
         answer = _Answer(session, req)
         if up is None:
@@ -744,6 +750,8 @@ class FilesService(Service):
         room after FILE-DONE. Any other exception (a bug) is logged and answered 500."""
         session = answer.session
         rooms = self.broker.rooms
+        if self._closing or self.broker.sessions.get(session.routing_id) is not session:
+            return  # the broker stops, or the sender's session ended: its reply would be dropped
         try:
             assert rooms is not None
             if up.room and not rooms.is_member(up.room, session.nick):

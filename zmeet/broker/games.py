@@ -48,11 +48,14 @@ from .sessions import ClientSession
 log = logging.getLogger("zmeet.broker.games")
 
 GAMES_DB = "games.sqlite3"
+"""The file of finished games in the broker's data directory."""
 
 MAX_HISTORY_READS_PER_SESSION = 4
 """GAME-HISTORY requests of one session waiting for the store at once; past it TOO_MANY (the
 reads are queued on one store thread: one client must not make everyone else wait)."""
-"""The file of finished games in the broker's data directory."""
+
+MAX_HISTORY_READS = 256
+"""GAME-HISTORY requests of all sessions waiting for the store at once; past it TOO_MANY."""
 
 MAX_LIST = 1000
 """Most games one GAMES or GAME-HISTORY reply carries."""
@@ -166,6 +169,8 @@ class GamesService(Service):
         self._store_thread = gevent.threadpool.ThreadPool(1)  # FIFO: writes, then reads
         self._to_store: list[pg.GameRecord] = []
         self._reads: deque[Deferred] = deque()
+        self._reads_of: dict[bytes, int] = {}
+        """Waiting GAME-HISTORY reads per session (routing id)."""
         """GAME-HISTORY requests waiting for the store greenlet, oldest first."""
         self._store_wakeup = gevent.event.Event()
         self._writer: gevent.Greenlet | None = None
@@ -188,6 +193,10 @@ class GamesService(Service):
         return {cls: self._guarded(fn) for cls, fn in table.items()}
 
     def on_session_end(self, session: ClientSession, reason: str) -> None:
+        # its waiting GAME-HISTORY reads go: their replies would be dropped, and a client that
+        # says HELLO with a new nick must not leave reads behind to dodge the per-session limit
+        if self._reads_of.pop(session.routing_id, None):
+            self._reads = deque(d for d in self._reads if d.session is not session)
         self.arena.disconnected(session.nick)
         self._dispatch(leaving=session.nick)
 
@@ -259,10 +268,20 @@ class GamesService(Service):
                             written = False
                     if not self._reads:
                         break
-                    self._answer_history(self._reads.popleft(), written)
+                    deferred = self._reads.popleft()
+                    self._read_done(deferred)
+                    self._answer_history(deferred, written)
         finally:
             if self._writer is gevent.getcurrent():
                 self._writer = None
+
+    def _read_done(self, deferred: Deferred) -> None:
+        routing_id = deferred.session.routing_id
+        left = self._reads_of.get(routing_id, 0) - 1
+        if left > 0:
+            self._reads_of[routing_id] = left
+        else:
+            self._reads_of.pop(routing_id, None)
 
     def _answer_history(self, deferred: Deferred, written: bool) -> None:
         """Read the games store for a GAME-HISTORY request and answer it; ERROR 500 if the
@@ -347,12 +366,15 @@ class GamesService(Service):
         self._check_limit(req.limit)
         if self._closed:
             raise Refused(p.ErrorCode.INTERNAL_ERROR, "the games service is stopping")
-        if sum(1 for d in self._reads if d.session is session) >= MAX_HISTORY_READS_PER_SESSION:
+        waiting = self._reads_of.get(session.routing_id, 0)
+        if waiting >= MAX_HISTORY_READS_PER_SESSION or len(self._reads) >= MAX_HISTORY_READS:
             raise Refused(p.ErrorCode.TOO_MANY,
-                          f"at most {MAX_HISTORY_READS_PER_SESSION} GAME-HISTORY requests "
-                          "may wait at once")
+                          "too many GAME-HISTORY requests wait for the games store: "
+                          f"at most {MAX_HISTORY_READS_PER_SESSION} of a session, "
+                          f"{MAX_HISTORY_READS} in all")
         deferred = self.broker.defer(session, req)
         self._reads.append(deferred)
+        self._reads_of[session.routing_id] = waiting + 1
         self._wake_store()
         return deferred
 

@@ -488,7 +488,12 @@ class Broker:
                 req_id=deferred.req_id, code=p.ErrorCode.INTERNAL_ERROR,
                 reason="the broker could not store this")))
             return
-        frames = p.encode(reply)
+        try:
+            frames = p.encode(reply)
+        except p.LocalProtocolError:  # a bug, or stored data the protocol cannot carry
+            log.exception("could not encode the deferred reply to %s", session.nick)
+            frames = p.encode(p.Error(req_id=deferred.req_id, code=p.ErrorCode.INTERNAL_ERROR,
+                                      reason="internal error"))
         batch, now = self._open()
         # inside the control loop's batch it goes out after the batch's events; it must not
         # claim success if the events its own handler made are among them and fail (another
