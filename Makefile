@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := gcc libc6-dev libzmq3-dev xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
+SYSTEM_PACKAGES := gcc libc6-dev libzmq3-dev opencv-doc espeak-ng xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
 PYTEST_ARGS ?=
 
 .PHONY: run test install system-deps lint bench bench-smoke bench-system-deps clean
@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml setup.py zmeet/broker/_mediafwd.pyx
 	touch $(STAMP)
 
 # The tests drive a real X screen (Xvfb), real audio (PortAudio, sox) and OpenCV windows; gcc
-# builds the broker's compiled media forwarder (setup.py).
+# builds the broker's compiled media forwarder (setup.py), libzmq3-dev's zmq.h checks it;
+# opencv-doc brings the sample videos the tests use as cameras, espeak-ng their speech
+# (tests/testmedia.py), so a clone needs nothing beside it.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -49,7 +51,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench-system-deps:
+bench-system-deps: system-deps
 	@command -v redis-server >/dev/null && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing system packages: redis-server"; \

@@ -15,6 +15,10 @@ from hdrh.histogram import HdrHistogram
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+MEDIA = Path("/usr/share/doc/opencv-doc/examples/data")
+"""OpenCV's sample videos (Debian's ``opencv-doc``, which ``make test`` installs): vtest.avi,
+Megamind.avi."""
+
 
 @contextmanager
 def broker_process(*extra: str, ready_line: bool = False):

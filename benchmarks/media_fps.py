@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import gevent
 
@@ -19,9 +18,7 @@ from zmeet.client import Session
 from zmeet.client.media import MediaPublisher, MediaSubscriber
 from zmeet.devices import VideoFileSource
 
-from .common import broker_process, histogram, percentiles_ms, save, table
-
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+from .common import MEDIA, broker_process, histogram, percentiles_ms, save, table
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Media: 1280x720 JPEG frames through the zmeet broker, beside imagezmq PUB/SUB sending the
 same frames directly.
 
-The frames: ``../shared/media/Megamind.avi`` scaled to 1280x720 and JPEG-encoded at quality
-80 (zmeet's default) once, before timing, so that neither side pays for encoding.
+The frames: ``Megamind.avi`` (OpenCV's sample, Debian's ``opencv-doc``) scaled to 1280x720
+and JPEG-encoded at quality 80 (zmeet's default) once, before timing, so that neither side
+pays for encoding.
 
 - ``zmeet``: a ``zmeet broker`` subprocess. The sender is a session (HELLO, JOIN) with a media
   DEALER whose routing id is its media token, sending ``MediaFrame`` messages as
@@ -24,13 +25,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import time
-from pathlib import Path
 
 import zmq
 
 from zmeet import protocol as p
 
 from .common import (
+    MEDIA,
     broker_process,
     distribution_ms,
     free_port,
@@ -40,7 +41,6 @@ from .common import (
     table,
 )
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 ROOM = "bench"
 WIDTH, HEIGHT, QUALITY = 1280, 720, 80
 SYSTEMS = ("zmeet", "imagezmq")

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import zmq
 
-from benchmarks.common import proc_cpu_s, save
+from benchmarks.common import MEDIA, proc_cpu_s, save
 
 ROOM = "bench"
 FRAME_W, FRAME_H, FPS = 1280, 720, 30.0
@@ -99,7 +99,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
     shower = threading.Thread(target=display, daemon=True)
     shower.start()
     pub = MediaPublisher(session, ROOM)
-    cap = cv2.VideoCapture("../shared/media/Megamind.avi")
+    cap = cv2.VideoCapture(str(MEDIA / "Megamind.avi"))
     frames = []
     while len(frames) < 60:
         ok, img = cap.read()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 ZMEET = [sys.executable, "-m", "zmeet_cli.main"]
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
 
 
 class Proc:

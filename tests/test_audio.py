@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from proc import ZMEET, Proc, start_broker
+from testmedia import speech_wav
 
 from zmeet import protocol as p
 from zmeet.devices.audio import AudioDecoder, AudioEncoder, RealtimePacer, opus_available
@@ -34,8 +35,6 @@ from zmeet.media.audio import (
 from zmeet.media.jitter import DelayLine, JitterBuffer
 from zmeet.protocol import MAX_STATE_BYTES, MediaState
 
-MEDIA = Path(__file__).resolve().parents[1] / ".." / "shared" / "media"
-SPEECH = MEDIA / "speech-en.wav"
 LEAD_SILENCE_S = 1.0  # before the speech, so that both sides are connected when it starts
 
 
@@ -230,10 +229,10 @@ def _best_match(heard: np.ndarray, spoken: np.ndarray) -> tuple[float, int]:
 def test_speech_in_speech_out_through_two_zmeet_processes(tmp_path: Path) -> None:
     """alice speaks speech-en.wav into her microphone; what bob's speaker played, and the
     mixed audio bob recorded, match it by cross-correlation."""
-    assert shutil.which("sox"), "sox is needed (../shared/TESTING.md)"
+    assert shutil.which("sox"), "sox is needed (make test installs it)"
     speech_raw = tmp_path / "speech.raw"
     subprocess.run(
-        ["sox", str(SPEECH), "-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer",
+        ["sox", str(speech_wav()), "-r", "48000", "-c", "1", "-b", "16", "-e", "signed-integer",
          "-t", "raw", str(speech_raw), "pad", str(LEAD_SILENCE_S), "2"],
         check=True, timeout=60,
     )

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from proc import ZMEET, Proc, start_broker
 from test_audio import _alsa_home
+from testmedia import VTEST
 from xvfb import xvfb_display
 
 from zmeet.client.media import THUMB_WIDTH
@@ -26,7 +27,6 @@ from zmeet.media.tiling import LABEL_BAR_PX, MUTED_BGR, VIDEO_OFF_BGR, meeting_l
 
 pytestmark = pytest.mark.media
 
-MEDIA = Path(__file__).resolve().parents[1] / ".." / "shared" / "media"
 SCREEN_W, SCREEN_H = 1920, 1080  # bob's 1280x720 window leaves the painted root visible
 CANVAS_W, CANVAS_H = 1280, 720
 KNOWN_BGR = (40, 200, 240)
@@ -88,7 +88,7 @@ def test_gallery_shows_both_tiles_the_screen_share_large_and_the_controls(
         procs.append(bob)
         bob.expect(r"^-- joined #gal as bob", timeout_s=30)
         alice = Proc([*join, "--nick", "alice", "--no-display", "--video-file",
-                      str(MEDIA / "vtest.avi"), "--screen", "--fps", "5", "--audio",
+                      str(VTEST), "--screen", "--fps", "5", "--audio",
                       "--duration", "120"], stdin=True, env={**env, "HOME": str(alice_home)})
         procs.append(alice)
         alice.expect(r"^-- joined #gal as alice", timeout_s=30)

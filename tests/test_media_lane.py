@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.green as zmq_green
+from testmedia import VTEST, speech_wav
 from xvfb import xvfb_display
 
 from zmeet.broker import media as broker_media
@@ -42,8 +43,6 @@ from zmeet.protocol.limits import MAX_MEDIA_META_BYTES
 
 pytestmark = pytest.mark.media
 
-MEDIA = Path(__file__).resolve().parents[1] / ".." / "shared" / "media"
-VTEST = MEDIA / "vtest.avi"  # 768x576, 10 fps, 795 frames
 SCREEN_W, SCREEN_H = 1280, 720
 KNOWN_BGR = (40, 200, 240)  # painted on the Xvfb screen
 WAIT_S = 60.0  # bound of every wait for frames (pytest-timeout is 120 s)
@@ -345,7 +344,7 @@ def test_last_n_receives_only_the_latest_speakers_video(make_session, make_meeti
     assert dave_meeting.wait_until(lambda: sub.received("bob", "state") > 0, WAIT_S)
 
     # carol speaks, paced like a microphone (20 ms blocks), through her own publisher
-    with wave.open(str(MEDIA / "speech-en.wav"), "rb") as w:
+    with wave.open(str(speech_wav()), "rb") as w:
         speech = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     publisher = meetings["carol"].publisher
     assert publisher is not None

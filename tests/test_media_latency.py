@@ -18,6 +18,7 @@ import pytest
 import zmq
 import zmq.green as zmq_green
 from proc import ZMEET, Proc, start_broker
+from testmedia import MEGAMIND
 
 from zmeet import protocol as p
 from zmeet.client.media import MAX_FRAME_AGE_MS, MediaPublisher, MediaSubscriber
@@ -31,7 +32,6 @@ from zmeet.media.audio import FRAME_SAMPLES, AudioMixer
 
 pytestmark = pytest.mark.media
 
-MEDIA = Path(__file__).resolve().parents[1] / ".." / "shared" / "media"
 WAIT_S = 60.0
 AV_SYNC_BOUND_MS = 100  # EN 301 549, 6.5
 AGE_BOUND_MS = 400  # design: MAX_FRAME_AGE_MS past the quickest frame, plus one stall of the hub
@@ -147,7 +147,7 @@ def test_a_slow_receiver_shows_fresh_frames_while_the_sender_runs_at_full_rate(
         sub.start()
         alice = Proc([*ZMEET, "join", "slow", "--nick", "alice", "--broker",
                       endpoints["control"], "--no-display", "--video-file",
-                      str(MEDIA / "Megamind.avi"), "--duration", "120", "--stats"], stdin=True)
+                      str(MEGAMIND), "--duration", "120", "--stats"], stdin=True)
         assert sub.wait_until(lambda: sub.received("alice", "video") >= 5, WAIT_S)
 
         def hog_the_hub() -> None:
