@@ -362,18 +362,24 @@ def test_one_session_may_not_queue_game_history_reads_without_limit(
         req_id=100, records=())
 
 
+def _store_with_a_game_of_mallory(data, sql: str) -> None:
+    """games.sqlite3 in ``data`` with one finished game of mallory's, then ``sql`` run on it
+    (a row the broker did not write as it is)."""
+    store = GamesStore(data / GAMES_DB)
+    store.add([pg.GameRecord(id="g1", kind="tictactoe", players=("mallory", "bob"), options={},
+                             moves=(), result="draw", winner="", reason="full", started_ms=1,
+                             ended_ms=2)])
+    store._db.execute(sql)
+    store.close()
+
+
 def test_a_game_history_row_it_cannot_read_is_an_error_and_the_store_serves_on(
     make_broker, tmp_path, raw_dealer, roundtrip
 ):
     """A row of games.sqlite3 that is not what the broker wrote (moves that are not JSON) makes
     that GAME-HISTORY an ERROR 500; the store greenlet lives on, and the next read works."""
     data = tmp_path / "broker-data"
-    store = GamesStore(data / GAMES_DB)
-    store.add([pg.GameRecord(id="g1", kind="tictactoe", players=("mallory", "bob"), options={},
-                             moves=(), result="draw", winner="", reason="full", started_ms=1,
-                             ended_ms=2)])
-    store._db.execute("UPDATE games SET moves = 'not json' WHERE id = 'g1'")
-    store.close()
+    _store_with_a_game_of_mallory(data, "UPDATE games SET moves = 'not json'")
     broker = make_broker(data_dir=data)
     dealer = raw_dealer(broker.endpoints["control"])
     assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="reader"))), p.Welcome)
@@ -435,12 +441,7 @@ def test_a_game_history_reply_the_protocol_cannot_carry_is_an_error_and_the_stor
     """A stored game whose options hold a number msgpack cannot carry (2**64, valid JSON): that
     GAME-HISTORY is ERROR 500, a retry gets the same, and the next read is answered."""
     data = tmp_path / "broker-data"
-    store = GamesStore(data / GAMES_DB)
-    store.add([pg.GameRecord(id="g1", kind="tictactoe", players=("mallory", "bob"), options={},
-                             moves=(), result="draw", winner="", reason="full", started_ms=1,
-                             ended_ms=2)])
-    store._db.execute("UPDATE games SET options = '{\"n\": 18446744073709551616}'")
-    store.close()
+    _store_with_a_game_of_mallory(data, f"UPDATE games SET options = '{{\"n\": {2**64}}}'")
     broker = make_broker(data_dir=data)
     dealer = raw_dealer(broker.endpoints["control"])
     assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="reader"))), p.Welcome)
