@@ -1,6 +1,7 @@
 """Audio: the jitter buffer, mixing and the active speaker without sockets; the codecs; and
 speech in, speech out through two real ``zmeet join --audio`` processes, a broker and ALSA's
-file plugin (../shared/TESTING.md, "Microphone and speaker").
+file plugin: an ``.asoundrc`` in a HOME of its own makes the default device read and write raw
+files (``_alsa_home``).
 
 Nothing sleeps to wait: the processes are waited for (they leave by themselves after
 ``--duration``), bounded in time.

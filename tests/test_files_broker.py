@@ -661,15 +661,14 @@ def test_chat_is_answered_while_a_resumed_uploads_final_hash_runs(make_broker, c
     blob.unlink()
 
 
-def test_a_put_right_after_chunks_still_being_written_gets_ready_once_they_are(broker,
-                                                                             raw_dealer, recv,
-                                                                             tmp_path):
+def test_a_put_right_after_chunks_still_being_written_gets_ready_once_they_are(
+        broker, raw_dealer, roundtrip, recv, tmp_path):
     """FILE-DATA x8, FILE-CANCEL and FILE-PUT again, sent at once: the FILE-PUT arrives while
     the chunks are being written and is answered (FILE-READY from all 8 MiB) when they are."""
     data = os.urandom(8 * MiB + 1)
     sha = hashlib.sha256(data).hexdigest()
     dealer = raw_dealer()
-    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask = asker(roundtrip, dealer)
     ask(p.Hello, nick="quick")
     ask(p.Join, room="share")
     put = {"room": "share", "name": "q.bin", "size": len(data), "sha256": sha}
@@ -693,14 +692,14 @@ def test_a_put_right_after_chunks_still_being_written_gets_ready_once_they_are(b
 
 
 def test_acks_held_back_for_the_disk_keep_the_order_of_the_chunks_and_done_comes_last(
-        broker, raw_dealer, recv):
+        broker, raw_dealer, roundtrip, recv):
     """16 FILE-DATA and FILE-DONE sent at once: more than the write queue takes, so some
     FILE-ACKs wait for the disk (deferred); all come in the order of the chunks, and
     FILE-SHARED after them, once the content is stored."""
     data = os.urandom(16 * MiB)
     sha = hashlib.sha256(data).hexdigest()
     dealer = raw_dealer()
-    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask = asker(roundtrip, dealer)
     ask(p.Hello, nick="pipe")
     ask(p.Join, room="share")
     ready = ask(pf.FilePut, room="share", name="p.bin", size=len(data), sha256=sha)
@@ -775,14 +774,15 @@ def _fail_file_records(monkeypatch, broker) -> None:
 @pytest.mark.parametrize("fault", [_fail_file_events, _fail_file_records],
                          ids=["room-event", "file-record"])
 def test_a_store_that_fails_at_a_deferred_file_done_is_error_500_and_a_retry_shares(
-        make_broker, connect, raw_dealer, recv, tmp_path, held_catch_up, monkeypatch, fault):
+        make_broker, connect, raw_dealer, roundtrip, recv, tmp_path, held_catch_up, monkeypatch,
+        fault):
     _, sha = whole_partial(tmp_path / "broker-data")
     broker = make_broker()
     files = _files_service(broker)
     bob = Peer(connect("bob", broker))
     bob.session.join("share")
     alice = raw_dealer(broker.endpoints["control"])
-    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], alice)
+    ask = asker(roundtrip, alice)
     ask(p.Hello, nick="alice")
     ask(p.Join, room="share")
     put = {"room": "share", "name": "f.bin", "size": MiB, "sha256": sha}
@@ -812,11 +812,11 @@ def test_a_store_that_fails_at_a_deferred_file_done_is_error_500_and_a_retry_sha
 
 
 def test_a_bug_in_a_sink_callback_refuses_the_deferred_file_done_and_the_broker_goes_on(
-        make_broker, raw_dealer, recv, tmp_path, held_catch_up, monkeypatch, caplog):
+        make_broker, raw_dealer, roundtrip, recv, tmp_path, held_catch_up, monkeypatch, caplog):
     _, sha = whole_partial(tmp_path / "broker-data")
     broker = make_broker()
     dealer = raw_dealer(broker.endpoints["control"])
-    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask = asker(roundtrip, dealer)
     ask(p.Hello, nick="alice")
     ask(p.Join, room="share")
     put = {"room": "share", "name": "f.bin", "size": MiB, "sha256": sha}
@@ -844,6 +844,23 @@ def test_a_bug_in_a_sink_callback_refuses_the_deferred_file_done_and_the_broker_
     assert isinstance(shared, pf.FileShared) and shared.file.sha256 == sha
 
 
+def _file_done_waiting(broker, session, upload: str) -> gevent.Greenlet:
+    """Send ``session``'s FILE-DONE of ``upload`` from a greenlet and return it once the broker
+    has handled it and holds its reply (the catch-up hash is held): the FILE-LIST sent after it
+    on the same connection is answered after FILE-DONE was handled."""
+    sending = gevent.event.Event()
+
+    def done() -> p.Message:
+        sending.set()  # set() does not yield: the request below is sent before anyone else runs
+        return session.request(pf.FileDone, upload=upload)
+
+    greenlet = gevent.spawn(done)
+    sending.wait(timeout=WAIT_S)
+    session.request(pf.FileList, room="share")
+    assert _files_service(broker).uploads[upload].machine.waiting == 1
+    return greenlet
+
+
 def test_no_one_takes_over_an_upload_whose_owner_waits_for_file_done(
         make_broker, connect, tmp_path, held_catch_up, monkeypatch):
     monkeypatch.setattr(files_module, "UPLOAD_TAKEOVER_IDLE_S", 0.0)  # idle at once
@@ -854,10 +871,7 @@ def test_no_one_takes_over_an_upload_whose_owner_waits_for_file_done(
     carol.join("share")
     put = {"room": "share", "to": "", "name": "x.bin", "size": MiB, "sha256": sha}
     ready = alice.request(pf.FilePut, **put)
-    done = gevent.spawn(alice.request, pf.FileDone, upload=ready.upload)
-    gevent.sleep(0)  # FILE-DONE is sent
-    alice.request(pf.FileList, room="share")  # answered after FILE-DONE was handled
-    assert _files_service(broker).uploads[ready.upload].machine.waiting == 1
+    done = _file_done_waiting(broker, alice, ready.upload)
     with pytest.raises(Refused) as refused:
         carol.request(pf.FilePut, **put)
     assert refused.value.code == p.ErrorCode.TOO_MANY
@@ -886,10 +900,7 @@ def test_a_sender_who_leaves_before_the_deferred_share_is_not_announced(
     alice = connect("alice", broker)
     alice.join("share")
     ready = alice.request(pf.FilePut, room="share", name="x.bin", size=MiB, sha256=sha)
-    done = gevent.spawn(alice.request, pf.FileDone, upload=ready.upload)
-    gevent.sleep(0)  # FILE-DONE is sent
-    alice.request(pf.FileList, room="share")  # answered after FILE-DONE was handled
-    assert _files_service(broker).uploads[ready.upload].machine.waiting == 1
+    done = _file_done_waiting(broker, alice, ready.upload)
     alice.leave("share")
     held_catch_up.set()
     with pytest.raises(Refused) as refused:
@@ -904,11 +915,11 @@ def test_a_sender_who_leaves_before_the_deferred_share_is_not_announced(
 
 
 def test_a_stopped_broker_waits_for_the_catch_ups_and_is_not_called_back(
-        make_broker, raw_dealer, recv, tmp_path, held_catch_up):
+        make_broker, raw_dealer, roundtrip, tmp_path, held_catch_up):
     _, sha = whole_partial(tmp_path / "broker-data")
     broker = make_broker()
     dealer = raw_dealer(broker.endpoints["control"])
-    ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+    ask = asker(roundtrip, dealer)
     ask(p.Hello, nick="alice")
     ask(p.Join, room="share")
     ready = ask(pf.FilePut, room="share", name="f.bin", size=MiB, sha256=sha)
@@ -928,7 +939,7 @@ def test_a_stopped_broker_waits_for_the_catch_ups_and_is_not_called_back(
 
 
 def test_held_acks_of_an_upload_dropped_with_its_queue_are_refused_never_acked(
-        broker, raw_dealer, recv, monkeypatch):
+        broker, raw_dealer, roundtrip, recv, monkeypatch):
     """The disk holds every write: 8 FILE-ACKs go at once (the write queue), 2 wait. A FILE-PUT
     of the same sha256 with another size drops the upload and its queue: the 2 waiting get
     ERROR 500, not a FILE-ACK for octets that were never written."""
@@ -944,7 +955,7 @@ def test_held_acks_of_an_upload_dropped_with_its_queue_are_refused_never_acked(
         data = os.urandom(16 * MiB)
         sha = hashlib.sha256(data).hexdigest()
         dealer = raw_dealer()
-        ask = asker(lambda d, frames: (d.send_multipart(frames), recv(d))[1], dealer)
+        ask = asker(roundtrip, dealer)
         ask(p.Hello, nick="alice")
         ask(p.Join, room="share")
         put = {"room": "share", "name": "a.bin", "size": len(data), "sha256": sha}
