@@ -18,6 +18,7 @@ import pytest
 import zmq
 import zmq.green as zmq_green
 from proc import ZMEET, Proc, start_broker
+from test_media_lane import _FakeSession
 from testmedia import MEGAMIND
 
 from zmeet import protocol as p
@@ -179,17 +180,6 @@ def test_a_slow_receiver_shows_fresh_frames_while_the_sender_runs_at_full_rate(
     assert MAX_FRAME_AGE_MS < AGE_BOUND_MS
     # it fell behind, and the frames it could not show were dropped, not queued for later
     assert stats["superseded"] + stats["stale"] + stats["lost"] > 0
-
-
-class _FakeSession:
-    """What MediaSubscriber uses of a Session, pointing at a test's own PUB."""
-
-    def __init__(self, context, media_out: str, nick: str) -> None:
-        self.context = context
-        self.nick = nick
-        self.welcome = object()
-        self.endpoints = {"media_out": media_out}
-        self.welcome_listeners: list = []
 
 
 def test_the_subscriber_ages_frames_by_the_clock_it_is_given() -> None:
