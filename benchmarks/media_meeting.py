@@ -24,15 +24,12 @@ import numpy as np
 import zmq
 
 from benchmarks.common import MEDIA, proc_cpu_s, save
+from zmeet.clock import now_us
 
 ROOM = "bench"
 FRAME_W, FRAME_H, FPS = 1280, 720, 30.0
 FORWARD_PAYLOAD_BYTES = 100_000
 FORWARD_FRAMES = 3000
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # --- one participant (a child process) --------------------------------------------------------
@@ -74,7 +71,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
             wanted.clear()
             for payload, capture_ts_us in slot.take_all().values():
                 decode_jpeg(payload, reduce=reduce)
-                ages.append((_now_us() - capture_ts_us) / 1000)
+                ages.append((now_us() - capture_ts_us) / 1000)
                 shown[0] += 1
 
     class HandOff:  # what MediaSubscriber calls; the frame goes to the display thread
@@ -120,7 +117,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
         pacer = Pacer(FPS, time.monotonic)
         for seq in range(10**9):
             gevent.sleep(pacer.delay_s())
-            ts = _now_us()  # capture
+            ts = now_us()  # capture
             full, small = pool.apply(encode, (frames[seq % len(frames)], pub.wanted("thumb")))
             for kind, layer in (("thumb", small), ("video", full)):
                 if layer is None or not pub.wanted(kind):  # MEDIA-DEMAND: no one takes it
@@ -136,7 +133,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
         for seq in range(10**9):
             gevent.sleep(pacer.delay_s())
             pub.send_frame(p.MediaFrame(room=ROOM, kind="audio", seq=seq,
-                                        capture_ts_us=_now_us(), pts_ms=seq * 20, width=0,
+                                        capture_ts_us=now_us(), pts_ms=seq * 20, width=0,
                                         height=0, fps=50.0, codec=codec,
                                         payload=enc.encode(block)))
             sent["audio"] += 1
