@@ -19,7 +19,7 @@ from .. import protocol as p
 from ..chat import Rooms, check_nick
 from ..errors import Refused
 from ..protocol.limits import MAX_HISTORY
-from .service import BrokerCore, Handler, Service
+from .service import Handler, Service
 from .sessions import ClientSession
 from .store import Store
 
@@ -31,9 +31,6 @@ class ChatService(Service):
     with the codes the protocol gives each request."""
 
     name = "chat"
-
-    def __init__(self, broker: BrokerCore) -> None:
-        super().__init__(broker)
 
     def handlers(self) -> dict[type, Handler]:
         return {

@@ -150,8 +150,8 @@ def _result(table: Table) -> tuple[str, str, str]:
 
 class GamesService(Service):
     """Games on the broker (docs/protocol.md, "Games"). ``settings`` shortens the windows in
-    tests; ``clock`` (monotonic seconds; default the broker's clock) and ``rng`` are injected
-    into the arena."""
+    tests; ``rng`` is injected into the arena, whose clock is the broker's
+    (``BrokerConfig.clock``)."""
 
     name = "games"
 
@@ -160,7 +160,6 @@ class GamesService(Service):
         broker: BrokerCore,
         settings: ArenaSettings | None = None,
         *,
-        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(broker)
@@ -169,15 +168,15 @@ class GamesService(Service):
         self._store_thread = gevent.threadpool.ThreadPool(1)  # FIFO: writes, then reads
         self._to_store: list[pg.GameRecord] = []
         self._reads: deque[Deferred] = deque()
+        """GAME-HISTORY requests waiting for the store greenlet, oldest first."""
         self._reads_of: dict[bytes, int] = {}
         """Waiting GAME-HISTORY reads per session (routing id)."""
-        """GAME-HISTORY requests waiting for the store greenlet, oldest first."""
         self._store_wakeup = gevent.event.Event()
         self._writer: gevent.Greenlet | None = None
         self._thinking: set[gevent.Greenlet] = set()
         self._closed = False
         self.arena = Arena(
-            clock=clock or broker.clock.monotonic_s, wall_ms=broker.clock.wall_ms,
+            clock=broker.clock.monotonic_s, wall_ms=broker.clock.wall_ms,
             is_online=self._is_online, rng=rng or random.Random(), settings=self.settings,
         )
 

@@ -94,7 +94,6 @@ class Session:
         """Callables given a room's name each time its member list changes (see
         :meth:`members`): the media lane subscribes to each member's streams from it."""
         self._clone = clone.CloneClient(reconnect=reconnect, max_history=MAX_HISTORY)
-        self._members: dict[str, tuple[str, ...]] = {}  # as of the last MembersChanged carried out
         self._ids = itertools.count(1)
         self._pending: dict[int, gevent.event.AsyncResult] = {}
         self._greenlets: list[gevent.Greenlet] = []
@@ -256,7 +255,7 @@ class Session:
         """The nicks in ``room`` (this one included), in join order, as this session knows
         them: JOINED's snapshot, then every ``join``, ``leave`` and ``gone`` event in sequence
         order (the Clone pattern's snapshot and updates). Empty for a room not joined."""
-        return self._members.get(room, ())
+        return self._clone.members(room)
 
     def subscribe(self, topic: bytes) -> None:
         """Also receive published messages under ``topic`` (a prefix) on :attr:`events`."""
@@ -297,10 +296,6 @@ class Session:
             if isinstance(effect, clone.Deliver | Notice):
                 self.events.put(effect.event if isinstance(effect, clone.Deliver) else effect)
             elif isinstance(effect, clone.MembersChanged):
-                if effect.members:
-                    self._members[effect.room] = effect.members
-                else:
-                    self._members.pop(effect.room, None)
                 self._members_changed(effect.room)
             elif isinstance(effect, clone.Subscribe):
                 if self._sub is not None:

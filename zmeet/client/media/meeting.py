@@ -248,16 +248,9 @@ class Meeting:
         if self.options.max_streams is not None:
             self.selection.set_last_spoke({m: self._last_spoke(m) for m in members})
 
-    def wanted_streams(self) -> dict[str, set[str]]:
-        """``{sender: kinds}`` this participant subscribes to now, for every other member of
-        the room (:meth:`Session.members`), by the rules of :mod:`zmeet.media.selection`."""
-        self._feed_selection()
-        wanted = self.selection.wanted()
-        by_sender = wanted.by_sender()
-        return {s: by_sender.get(s, set()) for s in self.selection.others()}
-
     def update_streams(self) -> None:
-        """Subscribe to :meth:`wanted_streams` (only what changed is (un)subscribed), and
+        """Subscribe to what :meth:`StreamSelector.update` selects for every other member of
+        the room (only what changed is (un)subscribed), and
         clear the tiles of senders whose video is no longer received (no frozen pictures)."""
         if self.subscriber is None:
             return
