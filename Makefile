@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := gcc libc6-dev libzmq3-dev opencv-doc espeak-ng xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
+SYSTEM_PACKAGES := gcc libc6-dev libzmq3-dev opencv-doc espeak-ng tcpdump xvfb x11-utils x11-xserver-utils libportaudio2 sox imagemagick libgl1 libegl1 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
 PYTEST_ARGS ?=
 
 .PHONY: run test install system-deps lint bench bench-smoke bench-system-deps clean

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
+from zmeet import keys
 from zmeet.broker import Broker, BrokerConfig, default_data_dir, default_services
+from zmeet.errors import ZmeetError
 from zmeet.files import parse_size
 from zmeet.games import ArenaSettings
 from zmeet.protocol.limits import DEFAULT_HISTORY, HEARTBEAT_INTERVAL_MS
@@ -19,11 +21,22 @@ from .common import LOG_LEVELS, _fail, _on_signals, _setup_logging
 
 
 @click.command()
-@click.option("--bind", "control", default="tcp://127.0.0.1:5555", show_default=True,
-              help="Control endpoint; the other lanes take the next ports (tcp://HOST:* for any).")
-@click.option("--events", default=None, help="Events (PUB) endpoint [control port + 1].")
-@click.option("--media-in", default=None, help="Media in (ROUTER) endpoint [control port + 2].")
-@click.option("--media-out", default=None, help="Media out (PUB) endpoint [control port + 3].")
+@click.option("--bind", "address", default="tcp://127.0.0.1:5555", show_default=True,
+              help="The broker's address (its entry lane, what clients are given); the other "
+                   "lanes take the next four ports (tcp://HOST:* for any).")
+@click.option("--control", default=None, help="Control (ROUTER) endpoint [port + 1].")
+@click.option("--events", default=None, help="Events (PUB) endpoint [port + 2].")
+@click.option("--media-in", default=None, help="Media in (ROUTER) endpoint [port + 3].")
+@click.option("--media-out", default=None, help="Media out (XPUB) endpoint [port + 4].")
+@click.option("--insecure", is_flag=True,
+              help="No encryption and no keys (CURVE off): for loopback debugging and "
+                   "benchmarks only. Anyone who can reach the ports can read and impersonate.")
+@click.option("--allow-keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None,
+              help="Admit only the client keys listed in FILE (one per line, as `zmeet keys` "
+                   "prints them; '#' comments). Default: any key (--open).")
+@click.option("--open", "open_", is_flag=True,
+              help="Admit any client key (the default); nicks stay bound to their keys.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the SQLite store lives [$XDG_DATA_HOME/zmeet].")
 @click.option("--history", type=click.IntRange(0, 1000), default=DEFAULT_HISTORY,
@@ -46,20 +59,31 @@ from .common import LOG_LEVELS, _fail, _on_signals, _setup_logging
 @click.option("--reconnect-window", "reconnect_window_s", type=click.FloatRange(0.1, 86_400),
               default=60.0, show_default=True,
               help="Seconds a game waits for a player who left to come back.")
-def broker(control, events, media_in, media_out, data_dir, history, heartbeat_ms,
-           broker_log_level, as_json, max_file_size="4G", media_forwarder="auto",
-           challenge_expiry_s=60.0, reconnect_window_s=60.0) -> None:
+def broker(address, control, events, media_in, media_out, insecure, allow_keys, open_,
+           data_dir, history, heartbeat_ms, broker_log_level, as_json, max_file_size="4G",
+           media_forwarder="auto", challenge_expiry_s=60.0, reconnect_window_s=60.0) -> None:
     """Run a broker until Ctrl-C or SIGTERM.
 
-    Prints one line when every lane is bound, with the endpoints clients use.
+    Prints one line when every lane is bound: the address clients are given, and the broker's
+    public key, which they pin on first contact (or are given: zmeet://HOST:PORT/KEY).
     """
     _setup_logging(broker_log_level or "INFO")
+    if allow_keys is not None and (open_ or insecure):
+        raise click.UsageError("--allow-keys admits listed keys only: not with --open or "
+                               "--insecure")
+    allowed = None
+    if allow_keys is not None:
+        try:
+            allowed = keys.load_key_list(allow_keys)
+        except (ZmeetError, OSError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--allow-keys") from None
     try:
         max_file_bytes = parse_size(max_file_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-file-size") from None
     config = BrokerConfig(
-        control=control, events=events, media_in=media_in, media_out=media_out,
+        address=address, control=control, events=events, media_in=media_in,
+        media_out=media_out, insecure=insecure, allow_keys=allowed,
         data_dir=data_dir or default_data_dir(), history=history,
         heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
         media_forwarder=media_forwarder,
@@ -76,14 +100,24 @@ def broker(control, events, media_in, media_out, data_dir, history, heartbeat_ms
     except Exception as exc:  # zmq.ZMQError (address in use), sqlite3.Error (bad store),
         _fail(f"cannot start the broker: {exc}")  # RuntimeError (native forwarder not built)
     handlers = _on_signals(server.stop)
+    key = server.public_key
+    fingerprint = keys.fingerprint(key) if key else ""
+    if insecure:
+        click.echo("zmeet: WARNING: this broker runs with --insecure: no encryption, no keys; "
+                   "anyone who can reach its ports can read every room and take any nick",
+                   err=True)
     if as_json:
-        click.echo(json.dumps({"type": "ready", "endpoints": server.endpoints,
+        click.echo(json.dumps({"type": "ready", "address": server.address,
+                               "endpoints": server.endpoints, "key": key,
+                               "fingerprint": fingerprint, "secure": not insecure,
+                               "admits": "listed" if allowed is not None else "any",
                                "epoch": server.epoch, "data_dir": str(config.data_dir),
                                "media_forwarder": server.media_forwarder}))
     else:
         e = server.endpoints
-        click.echo(f"zmeet broker ready: control {e['control']} events {e['events']} "
-                   f"media-in {e['media_in']} media-out {e['media_out']} "
+        trust = (f"key {key} ({fingerprint})" if key else "INSECURE: no encryption")
+        click.echo(f"zmeet broker ready at {server.address}: {trust}; control {e['control']} "
+                   f"events {e['events']} media-in {e['media_in']} media-out {e['media_out']} "
                    f"data {config.data_dir} ({server.media_forwarder} media forwarder)")
     sys.stdout.flush()
     try:

@@ -1,5 +1,6 @@
-"""What every ``zmeet`` command shares: the ``--broker``, ``--nick`` and ``--connect-timeout``
-options, the error exit, logging, signals and the session a client command opens.
+"""What every ``zmeet`` command shares: the ``--broker`` options (with ``--broker-key``,
+``--identity`` and ``--insecure``), ``--nick`` and ``--connect-timeout``, the error exit,
+logging, signals and the session a client command opens.
 
 The feature modules of ``zmeet_cli`` import from here and from nothing above them; the
 composition root (:mod:`zmeet_cli.main`) imports them and adds their commands to its group.
@@ -13,22 +14,55 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import gevent
 import zmq.green as zmq_green
 
-from zmeet import __version__
+from zmeet import __version__, keys
 from zmeet.client import Session
 from zmeet.errors import ZmeetError
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 
-broker_option = click.option(
-    "--broker", envvar="ZMEET_BROKER", default=DEFAULT_BROKER, show_default=True,
-    help="Control endpoint of the broker (env ZMEET_BROKER).",
-)
+_TRUST: dict[str, Any] = {"broker_key": None, "identity": None, "insecure": False}
+"""What the trust options of the command being run said (set by their callbacks)."""
+
+
+def _set_trust(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        _TRUST[name] = value
+    return store
+
+
+def broker_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--broker`` (the command's ``broker`` argument) and the trust options that go with it,
+    which :func:`_open_session` reads: ``--broker-key``, ``--identity``, ``--insecure``."""
+    for option in reversed([
+        click.option(
+            "--broker", envvar="ZMEET_BROKER", default=DEFAULT_BROKER, show_default=True,
+            help="The broker's address: tcp://HOST:PORT, or zmeet://HOST:PORT/KEY to pin its "
+                 "key (env ZMEET_BROKER)."),
+        click.option(
+            "--broker-key", envvar="ZMEET_BROKER_KEY", default=None, expose_value=False,
+            callback=_set_trust("broker_key"),
+            help="Pin the broker's public key (Z85 or hex, as `zmeet broker` prints it) "
+                 "instead of trusting it on first contact (env ZMEET_BROKER_KEY)."),
+        click.option(
+            "--identity", envvar="ZMEET_IDENTITY", default=None, expose_value=False,
+            type=click.Path(dir_okay=False, path_type=Path), callback=_set_trust("identity"),
+            help="Your key pair file [$XDG_CONFIG_HOME/zmeet/identity.key_secret, made on "
+                 "first use] (env ZMEET_IDENTITY)."),
+        click.option(
+            "--insecure", is_flag=True, envvar="ZMEET_INSECURE", expose_value=False,
+            callback=_set_trust("insecure"),
+            help="Connect to a broker that runs without encryption (env ZMEET_INSECURE=1)."),
+    ]):
+        command = option(command)
+    return command
+
 nick_option = click.option(
     "--nick", envvar="ZMEET_NICK", required=True,
     help="Your nick: 1 to 32 letters, digits, '_' or '-' (env ZMEET_NICK).",
@@ -63,13 +97,31 @@ def _on_signals(callback: Callable[[], Any]) -> list:
 
 
 def _open_session(broker: str, nick: str, timeout_s: float) -> Session:
-    """A :class:`Session` connected to ``broker`` as ``nick`` (``timeout_s`` per reply); on
-    any :class:`ZmeetError` (no broker, nick in use, invalid nick) it fails: exit 1."""
-    session = Session(broker, nick, timeout_s=timeout_s, client=f"zmeet-cli/{__version__}")
+    """A :class:`Session` connected to ``broker`` as ``nick`` (``timeout_s`` per reply), with
+    the trust options of :func:`broker_option`; on any :class:`ZmeetError` (no broker, nick in
+    use or registered to another key, the broker's key changed, a bad key file) it fails:
+    exit 1. Says so on stderr, once, when it meets a broker's key for the first time."""
     try:
+        identity = None
+        if _TRUST["identity"] is not None:
+            identity, made = keys.load_or_create(_TRUST["identity"])
+            if made:
+                click.echo(f"zmeet: made a new key pair in {_TRUST['identity']}", err=True)
+        session = Session(broker, nick, timeout_s=timeout_s, client=f"zmeet-cli/{__version__}",
+                          identity=identity, broker_key=_TRUST["broker_key"],
+                          insecure=bool(_TRUST["insecure"]))
         session.connect()
     except ZmeetError as exc:
         _fail(exc)
+    except OSError as exc:  # an identity file that cannot be read or written
+        _fail(f"cannot use the key pair: {exc}")
+    if session.first_contact and session.broker_key is not None:
+        click.echo(f"zmeet: first contact with the broker at {session.broker}: its key is "
+                   f"{keys.fingerprint(session.broker_key)}; remembered in "
+                   f"{keys.KnownBrokers().path}", err=True)
+    elif session.broker_key is None:
+        click.echo(f"zmeet: warning: the broker at {session.broker} runs WITHOUT encryption "
+                   "(--insecure): anyone on the network can read this session", err=True)
     return session
 
 

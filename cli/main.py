@@ -3,12 +3,14 @@ for people.
 
 This module holds the click group :func:`main` and says, explicitly, what it is made of: each
 feature module (:mod:`~zmeet_cli.broker`, :mod:`~zmeet_cli.chat`, :mod:`~zmeet_cli.games`,
-:mod:`~zmeet_cli.files`, :mod:`~zmeet_cli.bench`) exposes its commands and imports nothing back
-from here; the chat terminal of ``zmeet join`` gets the features' plugins and ``zmeet tail``
-their renderers through click's ``ctx.obj["chat"]`` (:class:`~zmeet_cli.terminal.ChatFeatures`).
+:mod:`~zmeet_cli.files`, :mod:`~zmeet_cli.keys`, :mod:`~zmeet_cli.bench`) exposes its
+commands and imports nothing back from here; the chat terminal of ``zmeet join`` gets the
+features' plugins and ``zmeet tail`` their renderers through click's ``ctx.obj["chat"]``
+(:class:`~zmeet_cli.terminal.ChatFeatures`).
 It runs as the ``zmeet`` script, as ``python -m zmeet_cli`` and as ``python -m zmeet_cli.main``.
 
-Every client command takes ``--broker`` (or ``ZMEET_BROKER``) and ``--nick`` (or ``ZMEET_NICK``).
+Every client command takes ``--broker`` (or ``ZMEET_BROKER``; with ``--broker-key``,
+``--identity`` and ``--insecure``) and ``--nick`` (or ``ZMEET_NICK``).
 Errors print one line to stderr and exit 1; usage errors exit 2 (click's convention).
 """
 
@@ -20,7 +22,7 @@ import click
 
 from zmeet import __version__
 
-from . import bench, broker, chat, files, games
+from . import bench, broker, chat, files, games, keys
 from .common import LOG_LEVELS, _release_zmq
 from .meeting_controls import MeetingControls
 from .render import RENDERERS
@@ -52,7 +54,8 @@ def main(ctx: click.Context, log_level: str) -> None:
 
 
 main.add_command(broker.broker)
-for _command in (chat.say, chat.tail, chat.join, *games.COMMANDS, *files.COMMANDS, bench.bench):
+for _command in (chat.say, chat.tail, chat.join, *games.COMMANDS, *files.COMMANDS,
+                 *keys.COMMANDS, bench.bench):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

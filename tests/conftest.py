@@ -14,9 +14,18 @@ Fixtures:
 - ``broker``: one started broker. ``@pytest.mark.broker_config(heartbeat_interval_ms=100)``
   overrides its config.
 - ``connect(nick, broker=None, **session_kwargs)``: a connected :class:`Session` (to the
-  ``broker`` fixture unless a :class:`Broker` or control endpoint is given), closed at teardown.
-- ``raw_dealer(endpoint=None)``: a green DEALER connected to a control endpoint, for frames no
-  :class:`Session` would send.
+  ``broker`` fixture unless a :class:`Broker` or its address is given), closed at teardown.
+  Each nick is its own person: it gets a key pair of its own (the same one each time in a
+  test) unless ``identity=`` is given.
+- ``person(nick)``: the key pair ``connect(nick)`` uses, for a raw socket of the same person.
+- ``raw_dealer(endpoint=None, identity=None)``: a green DEALER connected to a control endpoint
+  (default: the ``broker`` fixture's), a CURVE client of the broker that bound it, for frames
+  no :class:`Session` would send.
+- ``curve_client(sock, endpoint, identity=None)``: make any raw socket a CURVE client of the
+  test broker that bound ``endpoint`` (before it connects).
+
+Every test has its own XDG config directory (identity, known_brokers): nothing is written to
+the user's.
 - ``wait_for(session, predicate, timeout_s=5)``: the first item of ``session.events`` that
   matches, and the items before it.
 - ``roundtrip(dealer, frames, timeout_s=5)``: send frames and return the decoded reply.
@@ -34,9 +43,38 @@ import pytest
 import zmq
 import zmq.green as zmq_green
 
+from zmeet import keys
 from zmeet import protocol as p
 from zmeet.broker import Broker, BrokerConfig, default_services
 from zmeet.client import Session
+
+_BROKERS: dict[str, Broker] = {}
+"""Every bound endpoint of the brokers the running test started -> that broker."""
+
+
+@pytest.fixture(autouse=True)
+def _own_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own ``XDG_CONFIG_HOME`` (its processes inherit it): keys and known brokers
+    never touch the user's."""
+    # beside tmp_path, not in it: tests list their tmp_path
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path.with_name(tmp_path.name + "-xdg")))
+
+
+def broker_of(endpoint: str) -> Broker:
+    """The test broker that bound ``endpoint`` (any of its lanes)."""
+    return _BROKERS[endpoint]
+
+
+def curve_client(sock: zmq.Socket, endpoint: str,
+                 identity: keys.KeyPair | None = None) -> keys.KeyPair:
+    """Make ``sock`` (before it connects to ``endpoint``) a CURVE client of the test broker
+    that bound it, as ``identity`` (a new key pair if None); a no-op for an insecure broker.
+    Returns the identity."""
+    pair = identity or keys.KeyPair.generate()
+    broker = _BROKERS.get(endpoint)
+    if broker is not None and broker.keypair is not None:
+        keys.secure_client(sock, broker.keypair.public, pair)
+    return pair
 
 TEST_HEARTBEAT_INTERVAL_MS = 1000
 """Heartbeat of test brokers: short enough for quick recovery, long enough that a raw DEALER
@@ -63,21 +101,26 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 
     def make(**overrides: Any) -> Broker:
         fields: dict[str, Any] = {
-            "control": "tcp://127.0.0.1:*",
+            "address": "tcp://127.0.0.1:*",
             "data_dir": tmp_path / "broker-data",
             "heartbeat_interval_ms": TEST_HEARTBEAT_INTERVAL_MS,
         }
         fields.update(overrides)
         if "services" not in fields:  # a full broker, as `zmeet broker` runs it
             fields["services"] = default_services()
+        if "entry" in fields:  # a broker's endpoints, given back: its address is its entry's
+            fields["address"] = fields.pop("entry")
         broker = Broker(BrokerConfig(**fields))
         broker.start()
         started.append(broker)
+        for endpoint in broker.endpoints.values():
+            _BROKERS[endpoint] = broker
         return broker
 
     yield make
     for broker in reversed(started):
         broker.stop()
+    _BROKERS.clear()
 
 
 @pytest.fixture
@@ -92,8 +135,23 @@ def broker(request: pytest.FixtureRequest, make_broker: Callable[..., Broker]) -
 
 
 @pytest.fixture
+def person() -> Callable[[str], keys.KeyPair]:
+    """``person(nick)``: the key pair of the person called ``nick`` in this test (made on first
+    use), which ``connect(nick)`` uses too."""
+    people: dict[str, keys.KeyPair] = {}
+
+    def get(nick: str) -> keys.KeyPair:
+        if nick not in people:
+            people[nick] = keys.KeyPair.generate()
+        return people[nick]
+
+    return get
+
+
+@pytest.fixture
 def connect(
-    request: pytest.FixtureRequest, make_broker: Callable[..., Broker]
+    request: pytest.FixtureRequest, make_broker: Callable[..., Broker],
+    person: Callable[[str], keys.KeyPair],
 ) -> Iterator[Callable[..., Session]]:
     """Factory of connected sessions, closed (without BYE, sockets at linger 0) at teardown.
 
@@ -104,8 +162,13 @@ def connect(
     def connect_(nick: str, broker: Broker | str | None = None, **kwargs: Any) -> Session:
         if broker is None:
             broker = request.getfixturevalue("broker")
-        endpoint = broker.endpoints["control"] if isinstance(broker, Broker) else broker
+        endpoint = broker.address if isinstance(broker, Broker) else broker
         kwargs.setdefault("timeout_s", WAIT_S)
+        if "identity" not in kwargs:
+            kwargs["identity"] = person(nick)
+        target = broker if isinstance(broker, Broker) else _BROKERS.get(endpoint)
+        if target is not None and not target.secure:
+            kwargs.setdefault("insecure", True)
         session = Session(endpoint, nick, **kwargs)
         sessions.append(session)
         session.connect()
@@ -122,12 +185,14 @@ def raw_dealer(request: pytest.FixtureRequest) -> Iterator[Callable[..., zmq_gre
     ``broker`` fixture's), closed with linger 0 at teardown."""
     sockets: list[zmq_green.Socket] = []
 
-    def make(endpoint: str | None = None) -> zmq_green.Socket:
+    def make(endpoint: str | None = None,
+             identity: keys.KeyPair | None = None) -> zmq_green.Socket:
         if endpoint is None:
             endpoint = request.getfixturevalue("broker").endpoints["control"]
         sock = zmq_green.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, b"t-" + secrets.token_bytes(8))
+        curve_client(sock, endpoint, identity)
         sock.connect(endpoint)
         sockets.append(sock)
         return sock

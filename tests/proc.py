@@ -112,9 +112,11 @@ class Proc:
             t.join(timeout=2)
 
 
-def start_broker(data_dir: Path, *extra: str, heartbeat_ms: int = 200) -> tuple[Proc, dict]:
-    """``zmeet broker`` on random loopback ports; returns it and its endpoints once ready."""
+def start_broker(data_dir: Path, *extra: str, heartbeat_ms: int = 200,
+                 ready: bool = False) -> tuple[Proc, dict]:
+    """``zmeet broker`` on random loopback ports; returns it and its endpoints once ready (or,
+    with ``ready``, its whole ready line: ``address``, ``key``, ``fingerprint``, ...)."""
     proc = Proc([*ZMEET, "broker", "--bind", "tcp://127.0.0.1:*", "--json",
                  "--data-dir", str(data_dir), "--heartbeat-ms", str(heartbeat_ms), *extra])
-    line = proc.expect(r'^\{"type": "ready"', timeout_s=20).string
-    return proc, json.loads(line)["endpoints"]
+    line = json.loads(proc.expect(r'^\{"type": "ready"', timeout_s=20).string)
+    return proc, line if ready else line["endpoints"]

@@ -243,7 +243,7 @@ def test_speech_in_speech_out_through_two_zmeet_processes(tmp_path: Path) -> Non
     broker, endpoints = start_broker(tmp_path / "data")
     procs = [broker]
     try:
-        join = [*ZMEET, "join", "meet", "--broker", endpoints["control"], "--no-display",
+        join = [*ZMEET, "join", "meet", "--broker", endpoints["entry"], "--no-display",
                 "--audio", "--stats"]
         env = {"DISPLAY": ""}
         bob = Proc([*join, "--nick", "bob", "--record", str(tmp_path / "rec"),

@@ -13,11 +13,13 @@ import msgpack
 import pytest
 import zmq
 import zmq.green as zmq_green
+from conftest import curve_client
 
 from zmeet import protocol as p
 from zmeet.clock import ManualClock
 from zmeet.errors import NickInUse, Refused
 from zmeet.protocol.limits import (
+    CURVE_OVERHEAD_BYTES,
     DEFAULT_HISTORY,
     HEADER,
     MAX_CONTROL_FRAME_BYTES,
@@ -57,10 +59,10 @@ def test_welcome_tells_endpoints_epoch_and_limits(broker, connect):
     alice = connect("alice")
     welcome = alice.welcome
     assert welcome.nick == "alice" and welcome.epoch == broker.epoch
-    assert set(welcome.endpoints) == {"control", "events", "media_in", "media_out"}
+    assert set(welcome.endpoints) == {"entry", "control", "events", "media_in", "media_out"}
     assert welcome.endpoints == broker.endpoints
     assert all(not e.endswith(":*") for e in welcome.endpoints.values())
-    assert len(set(welcome.endpoints.values())) == 4
+    assert len(set(welcome.endpoints.values())) == 5
     assert welcome.limits["protocol_version"] == PROTOCOL_VERSION
     assert welcome.limits["history_default"] == broker.config.history
     assert welcome.limits["heartbeat_interval_ms"] == broker.config.heartbeat_interval_ms
@@ -167,7 +169,7 @@ def test_a_second_broker_on_ports_in_use_fails_to_start_and_the_first_serves_on(
     broker, make_broker, connect, wait_for, chat
 ):
     with pytest.raises(zmq.ZMQError):
-        make_broker(control=broker.endpoints["control"])
+        make_broker(address=broker.address)
     assert_chat_round_trip(connect, wait_for, chat, broker, "in-use")
 
 
@@ -210,10 +212,12 @@ def test_nick_collision_gives_nick_in_use_and_the_holder_keeps_working(connect, 
     assert alice.info("lobby").members == ("alice",)
 
 
-def test_refused_hello_leaves_the_existing_session_alone(connect, raw_dealer, roundtrip):
-    """A HELLO for a nick in use changes nothing, also for a client that has a session."""
+def test_refused_hello_leaves_the_existing_session_alone(connect, raw_dealer, roundtrip,
+                                                        person):
+    """A HELLO for a nick in use changes nothing, also for a client that has a session (here
+    alice's own key on a second connection, with no ``resume``: NICK_IN_USE)."""
     connect("alice")
-    dealer = raw_dealer()
+    dealer = raw_dealer(identity=person("alice"))
     assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="bob"))), p.Welcome)
     assert isinstance(roundtrip(dealer, p.encode(p.Join(req_id=2, room="lobby"))), p.Joined)
     error = roundtrip(dealer, p.encode(p.Hello(req_id=3, nick="alice")))
@@ -225,10 +229,11 @@ def test_refused_hello_leaves_the_existing_session_alone(connect, raw_dealer, ro
     assert info.members == ("bob",)
 
 
-def test_hello_with_another_nick_ends_the_old_session(connect, raw_dealer, roundtrip, wait_for):
+def test_hello_with_another_nick_ends_the_old_session(connect, raw_dealer, roundtrip, wait_for,
+                                                      person):
     watcher = connect("watcher")
     watcher.join("lobby")
-    dealer = raw_dealer()
+    dealer = raw_dealer(identity=person("bob"))
     first = roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="bob")))
     roundtrip(dealer, p.encode(p.Join(req_id=2, room="lobby")))
     renamed = roundtrip(dealer, p.encode(p.Hello(req_id=3, nick="robert")))
@@ -403,7 +408,8 @@ def test_a_frame_over_maxmsgsize_is_dropped_by_libzmq_and_the_broker_serves_on(
     broker, connect, raw_dealer, recv, wait_for, chat
 ):
     dealer = raw_dealer()
-    dealer.send_multipart([HEADER, b"SAY", b"\x00" * (MAX_CONTROL_FRAME_BYTES + 1)])
+    dealer.send_multipart(
+        [HEADER, b"SAY", b"\x00" * (MAX_CONTROL_FRAME_BYTES + CURVE_OVERHEAD_BYTES + 1)])
     assert_chat_round_trip(connect, wait_for, chat, broker, "after-huge")
     # libzmq dropped that connection and the DEALER reconnects by itself; a request sent on it
     # meanwhile may be lost with the old connection, so ask again (a bounded number of times)
@@ -479,6 +485,7 @@ def test_heartbeats_and_their_expiry_read_the_broker_clock(make_broker, raw_deal
     try:
         sub.setsockopt(zmq.SUBSCRIBE, p.HEARTBEAT_TOPIC)
         sub.setsockopt(zmq.SUBSCRIBE, p.room_topic("lobby"))
+        curve_client(sub, broker.endpoints["events"])
         sub.connect(broker.endpoints["events"])
         dealer = raw_dealer(broker.endpoints["control"])
         assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="alice"))), p.Welcome)

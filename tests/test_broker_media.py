@@ -41,6 +41,7 @@ class Sender:
     nick: str
     media_token: bytes
     last_seen: float = 0.0
+    key_bytes: bytes = b""  # no CURVE on these sockets: no User-Id, as on an insecure broker
 
 
 class Host:
@@ -172,9 +173,9 @@ def test_both_loops_forward_by_the_one_rule_and_tell_demand(context, native: boo
     routed: list[bytes] = []
     rule = lane.route
 
-    def spy(token: bytes, octets: bytes) -> bytes | None:
+    def spy(token: bytes, octets: bytes, user_id: bytes = b"") -> bytes | None:
         routed.append(octets)
-        return rule(token, octets)
+        return rule(token, octets, user_id)
 
     lane.route = spy  # type: ignore[method-assign]
     endpoints = lane.bind("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 def broker(tmp_path):
     proc, endpoints = start_broker(tmp_path / "data")
-    yield endpoints["control"]
+    yield endpoints["entry"]
     proc.stop()
 
 
@@ -44,7 +44,7 @@ def test_help_lists_every_command():
 
 
 EXPECTED_COMMANDS = {"broker", "say", "tail", "join", "ttt", "guess", "games", "send", "files",
-                     "fetch", "bench"}
+                     "fetch", "keys", "bench"}
 
 
 def listed_commands(help_text: str) -> set[str]:
@@ -263,14 +263,14 @@ def test_history_survives_a_broker_restart(tmp_path):
     first, endpoints = start_broker(data)
     for text in ("one", "two", "three"):
         assert zmeet(
-            "say", "lobby", text, "--nick", "alice", broker=endpoints["control"]
+            "say", "lobby", text, "--nick", "alice", broker=endpoints["entry"]
         ).wait() == 0
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     second, endpoints = start_broker(data)
     try:
         tail = zmeet("tail", "lobby", "--nick", "bob", "--json", "--history", "50",
-                     "--count", "3", "--timeout", "20", broker=endpoints["control"])
+                     "--count", "3", "--timeout", "20", broker=endpoints["entry"])
         assert tail.wait() == 0
         assert [json.loads(line)["text"] for line in tail.stdout] == ["one", "two", "three"]
     finally:

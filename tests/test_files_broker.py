@@ -382,7 +382,12 @@ class FakeBroker:
             routing_id, *frames = self.router.recv_multipart()
             req = p.decode(frames)
             out: list[p.Message] = []
-            if isinstance(req, p.Hello):
+            if isinstance(req, p.Discover):  # entry and control on one socket, no CURVE
+                out.append(p.BrokerInfo(
+                    req_id=req.req_id, key="", version=1,
+                    endpoints={"control": self.endpoint, "events": self.events,
+                               "media_in": self.endpoint, "media_out": self.events}))
+            elif isinstance(req, p.Hello):
                 out.append(p.Welcome(
                     req_id=req.req_id, nick=req.nick, epoch="fake", media_token=b"m" * 16,
                     endpoints={"control": self.endpoint, "events": self.events,
@@ -411,7 +416,7 @@ def test_a_corrupted_download_chunk_is_set_aside_never_delivered(connect, tmp_pa
     data = os.urandom(5 * 4096 + 3)
     fake = FakeBroker(data, corrupt_at=2 * 4096 + 100)
     try:
-        client = Peer(connect("bob", fake.endpoint))
+        client = Peer(connect("bob", fake.endpoint, insecure=True))
         out = tmp_path / "out"
         with pytest.raises(IntegrityError, match="does not match"):
             client.files.download(fake.info.id, out)
@@ -504,7 +509,7 @@ def test_a_part_longer_than_the_file_is_started_over_even_if_the_broker_streams_
     data = os.urandom(3 * 4096 + 1)
     fake = FakeBroker(data, corrupt_at=-1)  # answers FILE-GET from any offset, never 400
     try:
-        client = Peer(connect("bob", fake.endpoint))
+        client = Peer(connect("bob", fake.endpoint, insecure=True))
         client.files.chunk_timeout_s = 0.2
         part = tmp_path / ".zmeet-partial" / f"{fake.info.id}.part"
         part.parent.mkdir()
@@ -520,7 +525,7 @@ def test_a_download_whose_chunks_stop_coming_fails_with_resume_advice(connect, t
     fake = FakeBroker(b"", corrupt_at=-1)
     fake.info = pf.FileInfo(id="0123456789ab", name="n", size=10, sha256="0" * 64, sender="e")
     try:  # it announces 10 octets and sends none
-        client = Peer(connect("bob", fake.endpoint))
+        client = Peer(connect("bob", fake.endpoint, insecure=True))
         client.files.chunk_timeout_s = 0.2
         with pytest.raises(TransferFailed, match="run the same command again"):
             client.files.download(fake.info.id, tmp_path)

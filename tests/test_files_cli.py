@@ -46,7 +46,7 @@ def expect_json(proc: Proc, predicate, timeout_s: float = 20.0) -> dict:
 @pytest.fixture
 def broker(tmp_path):
     proc, endpoints = start_broker(tmp_path / "data")
-    yield endpoints["control"]
+    yield endpoints["entry"]
     proc.stop()
 
 
@@ -170,7 +170,7 @@ def test_the_broker_size_limit_refuses_before_any_byte(tmp_path):
     proc, endpoints = start_broker(tmp_path / "data", "--max-file-size", "1K")
     try:
         src = make_file(tmp_path / "two.bin", 2048)
-        send = zmeet("send", str(src), "--room", "r", broker=endpoints["control"], nick="a")
+        send = zmeet("send", str(src), "--room", "r", broker=endpoints["entry"], nick="a")
         assert send.wait() == 1
         err = "\n".join(send.stderr)
         assert "2.0 KiB" in err and "1.0 KiB" in err and "nothing was sent" in err
@@ -193,7 +193,7 @@ def _under_way(proc: Proc, octets: int) -> dict:
 
 def test_send_resumes_after_the_sender_is_killed(tmp_path):
     proc, endpoints = start_broker(tmp_path / "data", heartbeat_ms=200)
-    broker = endpoints["control"]
+    broker = endpoints["entry"]
     try:
         src = make_file(tmp_path / "movie.bin", 24 * MiB)
         watcher = zmeet("join", "r", "--no-display", broker=broker, nick="watch", stdin=True)
@@ -221,7 +221,7 @@ def test_send_resumes_after_the_broker_restarts(tmp_path):
     proc, endpoints = start_broker(data)
     src = make_file(tmp_path / "movie.bin", 24 * MiB)
     try:
-        first = _sending(endpoints["control"], src, "alice", "--limit-rate", "8M")
+        first = _sending(endpoints["entry"], src, "alice", "--limit-rate", "8M")
         _under_way(first, 4 * MiB)
         proc.signal(signal.SIGKILL)  # the broker dies mid-transfer
         proc.wait()
@@ -231,7 +231,7 @@ def test_send_resumes_after_the_broker_restarts(tmp_path):
         proc.stop()
     proc, endpoints = start_broker(data)
     try:
-        second = _sending(endpoints["control"], src, "alice")
+        second = _sending(endpoints["entry"], src, "alice")
         assert second.wait(timeout_s=60) == 0, second.stderr
         events = json_lines(second)
         start = next(e for e in events if e["type"] == "start")
@@ -239,7 +239,7 @@ def test_send_resumes_after_the_broker_restarts(tmp_path):
         assert 0 < start["offset"] < 24 * MiB
         assert events[-1]["sha256"] == sha256_path(src)
         fetch = zmeet("fetch", events[-1]["id"], "--out", str(tmp_path / "out"),
-                      broker=endpoints["control"], nick="bob")
+                      broker=endpoints["entry"], nick="bob")
         assert fetch.wait() == 0
         assert sha256_path(tmp_path / "out" / "movie.bin") == sha256_path(src)
     finally:

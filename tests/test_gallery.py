@@ -82,7 +82,7 @@ def test_gallery_shows_both_tiles_the_screen_share_large_and_the_controls(
         return shot[rect.y + 2: rect.y + LABEL_BAR_PX, rect.x + 2: rect.x + rect.w - 2]
 
     try:
-        join = [*ZMEET, "join", "gal", "--broker", endpoints["control"]]
+        join = [*ZMEET, "join", "gal", "--broker", endpoints["entry"]]
         bob = Proc([*join, "--nick", "bob", "--duration", "120", "--stats"], stdin=True,
                    env=env)
         procs.append(bob)

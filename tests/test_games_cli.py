@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     proc, endpoints = start_broker(tmp_path_factory.mktemp("games") / "data")
-    yield endpoints["control"]
+    yield endpoints["entry"]
     proc.stop()
 
 
@@ -287,7 +287,7 @@ def test_guess_against_the_broker_and_against_a_nick(broker, procs):
 def test_an_unanswered_challenge_expires(tmp_path, procs):
     proc, endpoints = start_broker(tmp_path / "data", "--challenge-expiry", "0.5")
     try:
-        broker = endpoints["control"]
+        broker = endpoints["entry"]
         alice = procs("join", "--nick", "alice11", "--no-display", broker=broker)
         alice.expect(r"joined #lobby as alice11")
         bob = procs("ttt", "--vs", "alice11", "--nick", "bob11", broker=broker)

@@ -231,15 +231,15 @@ def test_the_broker_forwards_only_well_formed_frames_of_members(broker, make_ses
     alice = make_session("alice", "room")
     make_session("bob", "room")
     ctx = zmq_green.Context.instance()
-    sub = ctx.socket(zmq.SUB)
+    sub = alice.secure(ctx.socket(zmq.SUB))  # CURVE clients with alice's key
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"media/")
     sub.connect(alice.endpoints["media_out"])
-    dealer = ctx.socket(zmq.DEALER)
+    dealer = alice.secure(ctx.socket(zmq.DEALER))
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.setsockopt(zmq.IDENTITY, alice.welcome.media_token)
     dealer.connect(alice.endpoints["media_in"])
-    stranger = ctx.socket(zmq.DEALER)
+    stranger = alice.secure(ctx.socket(zmq.DEALER))
     stranger.setsockopt(zmq.LINGER, 0)
     stranger.setsockopt(zmq.IDENTITY, b"m" + b"x" * 15)
     stranger.connect(alice.endpoints["media_in"])
@@ -394,9 +394,9 @@ def test_a_meeting_follows_a_broker_that_restarts_on_other_media_ports(
     old = dict(first.endpoints)
     first.stop()
 
-    # the control endpoint stays; the other lanes take ports of the system's choosing
-    # (control + 1 to + 3 could be in use by any socket of this machine by now)
-    second = make_broker(heartbeat_interval_ms=100, control=old["control"],
+    # the address (and control) stay; the other lanes take ports of the system's choosing
+    # (address + 2 to + 4 could be in use by any socket of this machine by now)
+    second = make_broker(heartbeat_interval_ms=100, address=old["entry"], control=old["control"],
                          events="tcp://127.0.0.1:*", media_in="tcp://127.0.0.1:*",
                          media_out="tcp://127.0.0.1:*")
     assert second.endpoints["media_out"] != old["media_out"]
@@ -457,6 +457,9 @@ class _FakeSession:
         self.welcome = object()
         self.endpoints = {"media_out": media_out}
         self.welcome_listeners: list = []
+
+    def secure(self, sock):  # the test's own PUB has no CURVE
+        return sock
 
 
 class _FakeViewer:

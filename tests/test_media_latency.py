@@ -135,7 +135,7 @@ def test_a_slow_receiver_shows_fresh_frames_while_the_sender_runs_at_full_rate(
     Every frame bob shows is young: frame age stays bounded, frames are dropped, not queued."""
     broker, endpoints = start_broker(tmp_path / "data")
     alice = None
-    bob = Session(endpoints["control"], "bob", timeout_s=WAIT_S)
+    bob = Session(endpoints["entry"], "bob", timeout_s=WAIT_S)
     sub = None
     hog = None
     try:
@@ -147,7 +147,7 @@ def test_a_slow_receiver_shows_fresh_frames_while_the_sender_runs_at_full_rate(
         sub.on_shown = lambda frame, now_us: ages.append((now_us - frame.capture_ts_us) / 1000)
         sub.start()
         alice = Proc([*ZMEET, "join", "slow", "--nick", "alice", "--broker",
-                      endpoints["control"], "--no-display", "--video-file",
+                      endpoints["entry"], "--no-display", "--video-file",
                       str(MEGAMIND), "--duration", "120", "--stats"], stdin=True)
         assert sub.wait_until(lambda: sub.received("alice", "video") >= 5, WAIT_S)
 

@@ -32,7 +32,8 @@ ROUND_TRIP = settings(max_examples=60, deadline=None, suppress_health_check=[Hea
 _EVENT = p.RoomEvent(room="lobby", seq=7, id="9f1c", ts_ms=1_700_000_000_123, type="chat",
                      sender="alice", text="héllo ✓")
 EXAMPLES: dict[type[p.Message], p.Message] = {
-    p.Hello: p.Hello(req_id=1, nick="alice", client="zmeet-test"),
+    p.Hello: p.Hello(req_id=1, nick="alice", client="zmeet-test", resume=b"c-\x00\xffold"),
+    p.Discover: p.Discover(req_id=1),
     p.Join: p.Join(req_id=2, room="lobby", history=10),
     p.Leave: p.Leave(req_id=3, room="lobby"),
     p.Say: p.Say(req_id=4, room="lobby", text="hi there 👋"),
@@ -46,6 +47,8 @@ EXAMPLES: dict[type[p.Message], p.Message] = {
         endpoints={"control": "tcp://127.0.0.1:5555", "events": "tcp://127.0.0.1:5556"},
         limits={"max_text_bytes": 4096, "negative": -1}, media_token=b"\x00\xfftoken",
     ),
+    p.BrokerInfo: p.BrokerInfo(req_id=1, key="rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7",
+                               endpoints={"control": "tcp://127.0.0.1:5556"}, version=1),
     p.Joined: p.Joined(req_id=2, room="lobby", topic="t", members=("alice", "bob"), last_seq=8,
                        history=(_EVENT, dataclasses.replace(_EVENT, seq=8, text=""))),
     p.Posted: p.Posted(req_id=4, room="lobby", seq=9, id="x", ts_ms=1),

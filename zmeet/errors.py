@@ -42,6 +42,22 @@ class BrokerUnavailable(ZmeetError):
     """The broker did not answer. Is `zmeet broker` running, and is --broker right?"""
 
 
+class KeyFileError(ZmeetError):
+    """A key file is not usable (missing its secret key, or readable by others)."""
+
+
+class BadKey(ZmeetError):
+    """A key is not 40 characters of Z85 or 64 hex digits (a CurveZMQ public key)."""
+
+
+class BrokerKeyChanged(ZmeetError):
+    """The broker's key is not the one remembered for it: someone may be impersonating it."""
+
+
+class InsecureBroker(ZmeetError):
+    """The broker runs without encryption (`zmeet broker --insecure`)."""
+
+
 class Refused(ZmeetError):
     """A request was refused: ``code`` (an :class:`zmeet.protocol.ErrorCode` value, an int) and
     ``reason`` (text for people) say why (docs/protocol.md, "Errors").

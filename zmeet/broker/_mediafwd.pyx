@@ -57,7 +57,7 @@ except ImportError as exc:  # another layout, or the CFFI backend
 if not issubclass(zmq.Socket, getattr(_pyzmq_backend, "Socket", ())):
     raise ImportError("pyzmq's sockets are not those of zmq.backend.cython._zmq")
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromString, PyBytes_FromStringAndSize
 from libc.errno cimport EAGAIN, EINTR
 from libc.stdint cimport uintptr_t
 from libc.string cimport memcmp
@@ -108,6 +108,7 @@ ctypedef int (*msg_more_fn)(const zmeet_msg_t *) noexcept nogil
 ctypedef int (*send_fn)(void *, const void *, size_t, int) noexcept nogil
 ctypedef int (*errno_fn)() noexcept nogil
 ctypedef int (*getsockopt_fn)(void *, int, void *, size_t *) noexcept nogil
+ctypedef const char *(*msg_gets_fn)(const zmeet_msg_t *, const char *) noexcept nogil
 
 cdef msg_fn zmq_msg_init
 cdef msg_fn zmq_msg_close
@@ -119,6 +120,7 @@ cdef msg_more_fn zmq_msg_more
 cdef send_fn zmq_send
 cdef errno_fn zmq_errno
 cdef getsockopt_fn zmq_getsockopt
+cdef msg_gets_fn zmq_msg_gets
 
 try:
     _libzmq = ctypes.CDLL(_pyzmq_backend.__file__)
@@ -148,6 +150,7 @@ zmq_msg_more = <msg_more_fn>_symbol("zmq_msg_more")
 zmq_send = <send_fn>_symbol("zmq_send")
 zmq_errno = <errno_fn>_symbol("zmq_errno")
 zmq_getsockopt = <getsockopt_fn>_symbol("zmq_getsockopt")
+zmq_msg_gets = <msg_gets_fn>_symbol("zmq_msg_gets")
 
 cdef int DONTWAIT = zmq.DONTWAIT
 cdef int SNDMORE = zmq.SNDMORE
@@ -200,6 +203,12 @@ cdef inline bytes _bytes_of(zmeet_msg_t *msg):
     return PyBytes_FromStringAndSize(<char *>zmq_msg_data(msg), zmq_msg_size(msg))
 
 
+cdef inline bytes _user_id_of(zmeet_msg_t *msg):
+    """The ZAP ``User-Id`` of the connection ``msg`` came from, empty if it has none."""
+    cdef const char *value = zmq_msg_gets(msg, b"User-Id")
+    return b"" if value == NULL else PyBytes_FromString(value)
+
+
 cdef inline bint _equals(zmeet_msg_t *msg, bytes expected):
     cdef Py_ssize_t n = len(expected)
     return <Py_ssize_t>zmq_msg_size(msg) == n and (
@@ -210,10 +219,11 @@ cdef class MediaForwarder:
     """Forward media frames from the broker's media-in ROUTER to its media-out XPUB.
 
     ``router`` and ``xpub`` are the lane's pyzmq sockets (green or not: only their libzmq
-    handles are used, and ``closed`` is checked before each batch). ``route(token, meta) ->
-    bytes | None`` is the forwarding rule past the frame's shape
-    (:meth:`zmeet.broker.media.MediaLane.route`): called with the token and the meta octets of
-    each well-formed frame, it returns the out topic or None to drop. ``stats`` is the lane's
+    handles are used, and ``closed`` is checked before each batch). ``route(token, meta,
+    user_id) -> bytes | None`` is the forwarding rule past the frame's shape
+    (:meth:`zmeet.broker.media.MediaLane.route`): called with the token, the meta octets and
+    the connection's ZAP ``User-Id`` (octets, empty if none) of each well-formed frame, it
+    returns the out topic or None to drop. ``stats`` is the lane's
     dict: ``media_in`` and ``media_dropped`` are counted in it. ``header`` and ``command`` are
     the octets a FRAME's second and third parts must equal, ``max_meta`` and ``max_payload``
     the largest meta and payload in octets (the constants of
@@ -335,8 +345,8 @@ cdef class MediaForwarder:
         ):
             stats["media_dropped"] += 1
             return 0
-        # the rest of the rule, written once in Python: MediaLane.route(token, meta)
-        topic = self._route(_bytes_of(&parts[0]), _bytes_of(&parts[3]))
+        # the rest of the rule, written once in Python: MediaLane.route(token, meta, user_id)
+        topic = self._route(_bytes_of(&parts[0]), _bytes_of(&parts[3]), _user_id_of(&parts[0]))
         if topic is None:
             stats["media_dropped"] += 1
             return 0

@@ -18,7 +18,8 @@ import logging
 from .. import protocol as p
 from ..chat import Rooms, check_nick
 from ..errors import Refused
-from ..protocol.limits import MAX_HISTORY
+from ..keys import fingerprint
+from ..protocol.limits import MAX_HISTORY, MAX_NICKS_PER_KEY
 from .service import Handler, Service
 from .sessions import ClientSession
 from .store import Store
@@ -52,26 +53,57 @@ class ChatService(Service):
         return store
 
     def hello(
-        self, routing_id: bytes, session: ClientSession | None, req: p.Hello
+        self, routing_id: bytes, session: ClientSession | None, req: p.Hello, key: str = ""
     ) -> p.Reply:
-        """HELLO from ``routing_id`` (with its ``session``, None for a new client): WELCOME.
-        A new nick ends the old session first; a refused one leaves it alone. Raises Refused
-        NICK_IN_USE, INVALID_NAME."""
-        rooms = self._rooms
+        """HELLO from ``routing_id`` (with its ``session``, None for a new client), whose
+        connection's CURVE key is ``key`` (Z85; empty on an insecure broker): WELCOME.
+
+        A nick belongs to the key that first said HELLO with it (registered in the store);
+        another key is refused NICK_REGISTERED. A nick held by a live session is refused
+        NICK_IN_USE, unless ``req.resume`` names that session's connection and the same key
+        asks: then the session moves to this connection (a client that reconnected). A new
+        nick ends the old session first; a refused one leaves it alone. Raises Refused
+        NICK_IN_USE, NICK_REGISTERED, INVALID_NAME, NO_SESSION (a secure lane without a key).
+        A key keeps its MAX_NICKS_PER_KEY most recently used nicks registered."""
+        rooms, broker = self._rooms, self.broker
+        secure = broker.secure
+        if secure and (not key or key == "?"):
+            raise Refused(p.ErrorCode.NO_SESSION, "this connection has no CURVE key")
+        check_nick(req.nick)
+        owner = self._store.nick_owner(req.nick) if secure else None
+        if owner is not None and owner != key:
+            raise Refused(p.ErrorCode.NICK_REGISTERED,
+                          f"nick {req.nick!r} is registered to another key "
+                          f"({fingerprint(owner)}); choose another nick")
+        holder = rooms.holder(req.nick)
+        if holder is not None and holder != routing_id:
+            held = broker.sessions.get(holder) if isinstance(holder, bytes) else None
+            if (session is None and req.resume and req.resume == holder and held is not None
+                    and held.key == key):
+                broker.move_session(held, routing_id)
+                return self._welcome(req, held)
+            raise Refused(p.ErrorCode.NICK_IN_USE, f"nick {req.nick!r} is in use")
+        if secure:
+            in_use = frozenset(s.nick for s in broker.sessions.values() if s.key == key)
+            if not self._store.register_nick(req.nick, key, broker.clock.wall_ms(),
+                                             MAX_NICKS_PER_KEY, in_use):
+                raise Refused(p.ErrorCode.NICK_REGISTERED,
+                              f"nick {req.nick!r} is registered to another key")
+            if owner is None:
+                log.info("nick %s registered to key %s", req.nick, fingerprint(key))
         if session is not None and session.nick != req.nick:
-            holder = rooms.holder(req.nick)
-            if holder is not None and holder != routing_id:  # keep the old session on refusal
-                raise Refused(p.ErrorCode.NICK_IN_USE, f"nick {req.nick!r} is in use")
-            check_nick(req.nick)
-            self.broker.end_session(session, "leave", "new nick")
+            broker.end_session(session, "leave", "new nick")
             session = None
         rooms.claim_nick(req.nick, routing_id)  # raises NICK_IN_USE, INVALID_NAME
         if session is None:
-            session = self.broker.open_session(routing_id, req.nick)
+            session = broker.open_session(routing_id, req.nick, key)
             log.info("%s connected (%s)", req.nick, req.client or "unknown client")
+        return self._welcome(req, session)
+
+    def _welcome(self, req: p.Hello, session: ClientSession) -> p.Welcome:
         return p.Welcome(
             req_id=req.req_id,
-            nick=req.nick,
+            nick=session.nick,
             epoch=self.broker.epoch,
             endpoints=dict(self.broker.endpoints),
             limits=self.broker.limits(),

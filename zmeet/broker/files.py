@@ -342,6 +342,11 @@ class FilesService(Service):
             if dl.session.routing_id == session.routing_id:
                 self._stop(dl)
 
+    def on_session_moved(self, session: ClientSession, old_routing_id: bytes) -> None:
+        for up in self.uploads.values():
+            if up.owner == old_routing_id:
+                up.owner = session.routing_id
+
     def tick(self, now_s: float) -> None:
         if now_s < self._next_expiry_s:
             return

@@ -199,6 +199,11 @@ class GamesService(Service):
         self.arena.disconnected(session.nick)
         self._dispatch(leaving=session.nick)
 
+    def on_session_moved(self, session: ClientSession, old_routing_id: bytes) -> None:
+        waiting = self._reads_of.pop(old_routing_id, 0)
+        if waiting:
+            self._reads_of[session.routing_id] = waiting
+
     def tick(self, now_s: float) -> None:
         self.arena.tick()
         self._dispatch()

@@ -36,6 +36,7 @@ import zmq.green as zmq_green
 from .. import protocol as p
 from ..clock import SYSTEM_CLOCK, Clock
 from ..protocol.limits import (
+    CURVE_OVERHEAD_BYTES,
     HEADER,
     MAX_MEDIA_FRAME_BYTES,
     MAX_MEDIA_META_BYTES,
@@ -88,12 +89,22 @@ _COMMAND = MediaFrame.COMMAND
 
 class MediaSender(Protocol):
     """What the lane uses of a broker session: its ``nick`` (str), its ``media_token`` (bytes,
-    the media DEALER's routing id) and ``last_seen`` (float, monotonic seconds), which the lane
-    sets for each frame it forwards."""
+    the media DEALER's routing id), ``key_bytes`` (its client key in Z85 as octets, empty when
+    insecure) and ``last_seen`` (float, monotonic seconds), which the lane sets for each frame
+    it forwards."""
 
     nick: str
     media_token: bytes
+    key_bytes: bytes
     last_seen: float
+
+
+def _user_id(frame: zmq.Frame) -> bytes:
+    """The ZAP ``User-Id`` of ``frame``'s connection as octets, empty if it has none."""
+    try:
+        return frame.get("User-Id").encode("ascii")  # type: ignore[union-attr]
+    except zmq.ZMQError:
+        return b""
 
 
 def native_forwarder(choice: str) -> bool:
@@ -168,8 +179,9 @@ class MediaLane:
         # the compiled forwarder reads a plain socket and waits on its ZMQ_FD itself; the
         # Python loop waits on a green one
         self._in = zmq.Socket(context, zmq.ROUTER) if native else context.socket(zmq.ROUTER)
-        self._in.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self._in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
+        # no ROUTER_HANDOVER: nobody can take over a sender's media connection by naming its
+        # token; a session resumed on a new connection gets a new token
+        self._in.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + CURVE_OVERHEAD_BYTES)
         self._in.setsockopt(zmq.RCVHWM, MEDIA_IN_HWM)
         self._in.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
         # XPUB: a PUB that also tells the broker which topics have subscribers (the first
@@ -179,6 +191,12 @@ class MediaLane:
         self._out.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)
         for sock in (self._in, self._out):
             sock.setsockopt(zmq.LINGER, 0)
+
+    @property
+    def sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """The media-in ROUTER and the media-out XPUB (the broker makes them CURVE servers
+        before :meth:`bind`)."""
+        return self._in, self._out
 
     @property
     def forwarder(self) -> str:
@@ -220,9 +238,15 @@ class MediaLane:
 
     # the forwarding rule ----------------------------------------------------------------------
 
-    def route(self, token: bytes, meta: bytes) -> bytes | None:
+    def route(self, token: bytes, meta: bytes, user_id: bytes = b"") -> bytes | None:
         """The out topic of a well-formed frame (:func:`well_formed`) from ``token`` with the
-        msgpack ``meta``, or None to drop it (docs/protocol.md, 3.9).
+        msgpack ``meta``, received on a connection whose ZAP ``User-Id`` is ``user_id`` (the
+        client's key in Z85; empty on an insecure broker), or None to drop it
+        (docs/protocol.md, 3.9).
+
+        The token names the session; ``user_id`` must be that session's key: a token is never
+        a credential (a frame on another key's connection is dropped and counted as
+        ``media_wrong_key``).
 
         The lane reads only what routing needs, the meta's ``room``, ``kind`` and ``from``, and
         stamps the sender in the topic, ``media/<room>/<nick>/<kind>``; receivers take the
@@ -234,6 +258,9 @@ class MediaLane:
         """
         session = self._by_token.get(token)
         if session is None:
+            return None
+        if session.key_bytes != user_id:
+            self.stats["media_wrong_key"] = self.stats.get("media_wrong_key", 0) + 1
             return None
         try:
             fields = msgpack.unpackb(meta)
@@ -293,20 +320,22 @@ class MediaLane:
     def _media_loop(self) -> None:
         green, raw = self._in, self._in_raw
         while True:
-            self._on_media(recv_rest(raw, green.recv(), 4))
+            head = green.recv(copy=False)
+            self._on_media(recv_rest(raw, head.bytes, 4), _user_id(head))
             # drain while ZMQ_EVENTS says a message waits (2 us), rather than until zmq.Again
             # (6 us: an exception object per wake-up, and most wake-ups bring one or two frames)
             for _ in range(DRAIN_BATCH):
                 if not raw.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
                     break
-                self._on_media(recv_rest(raw, raw.recv(_NOBLOCK), 4))
+                head = raw.recv(_NOBLOCK, copy=False)
+                self._on_media(recv_rest(raw, head.bytes, 4), _user_id(head))
             else:
                 gevent.sleep(0)  # a full batch: let the other greenlets run before the next
             # the raw sends may have taken the XPUB's ZMQ_FD edge that the demand greenlet
             # waits on (a subscription arrived meanwhile): re-check through the green socket
             self._out.get(zmq.EVENTS)
 
-    def _on_media(self, frames: list) -> None:
+    def _on_media(self, frames: list, user_id: bytes = b"") -> None:
         """Forward one media-in message, ``[token, header, command, meta, payload]`` as
         :func:`zmeet.zmqio.recv_rest` gives it (bytes, the payload a :class:`zmq.Frame`):
         header, command and meta as the sender wrote them, the payload without copy, under
@@ -314,7 +343,7 @@ class MediaLane:
         frame that does not pass is dropped and counted."""
         stats = self.stats
         stats["media_in"] += 1
-        topic = self.route(frames[0], frames[3]) if well_formed(frames) else None
+        topic = self.route(frames[0], frames[3], user_id) if well_formed(frames) else None
         if topic is None:
             stats["media_dropped"] += 1
             return

@@ -10,10 +10,20 @@ own; what greenlets other than the control loop send goes out at once, never hel
 
 Sockets (docs/architecture.md, "Lanes"):
 
+- entry: ROUTER, bound at ``config.address``, the one address people give clients; the only
+  socket without CURVE. It answers DISCOVER with the broker's public key and the other lanes.
 - control: ROUTER, bound at ``config.control``. Requests in, one reply each.
 - events: PUB, bound at ``config.events``. Room events and heartbeats.
 - media in, media out: ROUTER and XPUB, bound at ``config.media_in`` and ``config.media_out``,
   held by the media lane (:mod:`zmeet.broker.media`).
+
+Trust (DESIGN.md, "Trust"; docs/protocol.md 5): unless ``config.insecure``, the four lanes but
+entry are CurveZMQ servers with the broker's long-term key pair (``broker.key_secret`` in the
+data directory, made on first start), and the ZAP handler (:mod:`zmeet.broker.zap`), bound
+before any of them, names each connection by its client's public key. A session belongs to the
+key that opened it: a message whose connection's key is not its session's is refused, a nick
+belongs to the key that first registered it, and the media lane forwards only frames whose
+connection's key owns the media token's session.
 
 One greenlet owns each socket it waits on (DESIGN.md, "Rules of the gevent hub"): the control
 greenlet waits on the control ROUTER, the media lane's greenlets on its sockets. PUB sockets are
@@ -37,15 +47,18 @@ import gevent.event
 import zmq
 import zmq.green as zmq_green
 
+from .. import keys
 from .. import protocol as p
 from ..chat import Rooms
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import Refused
 from ..protocol.limits import (
+    CURVE_OVERHEAD_BYTES,
     DEFAULT_HISTORY,
     HEARTBEAT_INTERVAL_MS,
     HEARTBEAT_LIVENESS,
     MAX_CONTROL_FRAME_BYTES,
+    MAX_ENTRY_BYTES,
     MAX_HISTORY,
     MAX_MEDIA_FRAME_BYTES,
     MAX_MEDIA_META_BYTES,
@@ -63,43 +76,51 @@ from .media import MediaLane, native_forwarder
 from .service import TICK_INTERVAL_S, Deferred, Handler, Service, ServiceFactory
 from .sessions import ClientSession
 from .store import Store
+from .zap import DOMAIN, ZapHandler
 
 log = logging.getLogger("zmeet.broker")
 
 DRAIN_BATCH = 256
 """Messages handled per wake-up before the loop yields to other greenlets."""
 
-DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+"""Where ``zmeet broker`` listens by default: its entry lane (the other lanes follow it)."""
+
+LANES = ("control", "events", "media_in", "media_out")
+"""The lanes derived from the broker's address, in port order after it."""
+
+KEY_FILE = "broker.key_secret"
+"""The broker's key pair in its data directory (a ZeroMQ certificate, 0600)."""
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+|\*)$")
 
 
-def derive_endpoints(control: str) -> dict[str, str]:
-    """The four lane endpoints from the control endpoint: the next TCP ports, or for
-    ``ipc://PATH`` the paths ``PATH-events``, ``PATH-media-in`` and ``PATH-media-out``.
+def derive_endpoints(address: str) -> dict[str, str]:
+    """The five lane endpoints from the broker's address, which is the entry lane's: the next
+    four TCP ports for control, events, media in and media out, or for ``ipc://PATH`` the
+    paths ``PATH-control``, ``PATH-events``, ``PATH-media-in`` and ``PATH-media-out``.
 
     ``tcp://HOST:*`` gives every lane a port of the system's choosing. Raises ValueError for
     an endpoint that is neither.
     """
-    match = _TCP.match(control)
-    lanes = ("events", "media_in", "media_out")
+    match = _TCP.match(address)
     if match:
         host, port = match["host"], match["port"]
         if port == "*":
-            return {"control": control, **{lane: f"tcp://{host}:*" for lane in lanes}}
+            return {"entry": address, **{lane: f"tcp://{host}:*" for lane in LANES}}
         base = int(port)
-        if not 0 < base <= 65535 - 3:
-            raise ValueError(f"port {base} leaves no room for the next three lanes")
-        out = {"control": control}
-        for i, lane in enumerate(lanes, 1):
+        if not 0 < base <= 65535 - len(LANES):
+            raise ValueError(f"port {base} leaves no room for the next {len(LANES)} lanes")
+        out = {"entry": address}
+        for i, lane in enumerate(LANES, 1):
             out[lane] = f"tcp://{host}:{base + i}"
         return out
-    if control.startswith(("ipc://", "inproc://")):
+    if address.startswith(("ipc://", "inproc://")):
         return {
-            "control": control,
-            **{lane: f"{control}-{lane.replace('_', '-')}" for lane in lanes},
+            "entry": address,
+            **{lane: f"{address}-{lane.replace('_', '-')}" for lane in LANES},
         }
-    raise ValueError(f"endpoint {control!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    raise ValueError(f"endpoint {address!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
 
 
 def default_data_dir() -> Path:
@@ -114,7 +135,9 @@ def default_data_dir() -> Path:
 class BrokerConfig:
     """What ``zmeet broker`` takes. Lanes left None take :func:`derive_endpoints`'s."""
 
-    control: str = DEFAULT_CONTROL
+    address: str = DEFAULT_ADDRESS
+    """The entry lane's endpoint: the address clients are given (``--bind``)."""
+    control: str | None = None
     events: str | None = None
     media_in: str | None = None
     media_out: str | None = None
@@ -131,6 +154,12 @@ class BrokerConfig:
     """Every time read of the broker core and its chat and games services."""
     max_file_size: int = 4 * 1024**3
     """Largest file the files service takes, in octets (``--max-file-size``; WELCOME.limits)."""
+    insecure: bool = False
+    """No CURVE on any lane (``--insecure``): anyone on the network can read and impersonate.
+    For loopback debugging and benchmarks only."""
+    allow_keys: frozenset[bytes] | None = None
+    """The client public keys (Z85) admitted (``--allow-keys FILE``, CurveZMQ's Ironhouse), or
+    None to admit any key (``--open``, the default; nicks stay bound to keys)."""
     media_forwarder: str = "auto"
     """``native`` (the compiled loop, :mod:`zmeet.broker._mediafwd`), ``python``
     (:mod:`zmeet.broker.media`'s Python loop) or ``auto`` (native if it was built). Same
@@ -138,8 +167,8 @@ class BrokerConfig:
     raises RuntimeError for ``native`` when the module was not built."""
 
     def endpoints(self) -> dict[str, str]:
-        derived = derive_endpoints(self.control)
-        for lane in ("events", "media_in", "media_out"):
+        derived = derive_endpoints(self.address)
+        for lane in LANES:
             given = getattr(self, lane)
             if given:
                 derived[lane] = given
@@ -198,12 +227,31 @@ class Broker:
         self.rooms: Rooms | None = None
         self.services: list[Service] = []
         self._handlers: dict[type, Handler] = {}
-        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0}
+        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0,
+                      "wrong_key": 0}
+        self.keypair: keys.KeyPair | None = None
+        """The broker's long-term CURVE key pair, loaded (or made) by :meth:`start`; None when
+        ``config.insecure``."""
+        self._zap: ZapHandler | None = None
 
     @property
     def clock(self) -> Clock:
         """The clock of every time read of the core and its services (``config.clock``)."""
         return self.config.clock
+
+    @property
+    def address(self) -> str:
+        """The entry lane's bound endpoint: what clients are given (after :meth:`start`)."""
+        return self.endpoints["entry"]
+
+    @property
+    def public_key(self) -> str:
+        """The broker's public key (Z85), empty when insecure; set by :meth:`start`."""
+        return "" if self.keypair is None else self.keypair.public_text
+
+    @property
+    def secure(self) -> bool:
+        return not self.config.insecure
 
     # lifecycle --------------------------------------------------------------------------------
 
@@ -231,14 +279,37 @@ class Broker:
             raise
         wanted = cfg.endpoints()
         ctx = self.context
+        try:
+            if not cfg.insecure:
+                self.keypair, made = keys.load_or_create(Path(cfg.data_dir) / KEY_FILE)
+                if made:
+                    log.info("made the broker's key pair in %s: key %s (%s)",
+                                Path(cfg.data_dir) / KEY_FILE, self.public_key,
+                                self.keypair.fingerprint)
+                # the ZAP handler first: libzmq lets every peer in when none answers
+                allow = cfg.allow_keys
+                self._zap = ZapHandler(ctx, (lambda key: True) if allow is None
+                                       else allow.__contains__, self.stats)
+                self._zap.bind()
+        except Exception:
+            if self._zap is not None:
+                self._zap.close()
+            self.store.close()
+            raise
+        self._entry = ctx.socket(zmq.ROUTER)
+        self._entry.setsockopt(zmq.MAXMSGSIZE, MAX_ENTRY_BYTES)
+        # no ROUTER_HANDOVER: a connection that names a routing id in use is refused, and a
+        # client that reconnects does so on a new DEALER (a new routing id) and says `resume`
         self._control = ctx.socket(zmq.ROUTER)
-        self._control.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self._control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME_BYTES)
+        self._control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME_BYTES + CURVE_OVERHEAD_BYTES)
         self._events = ctx.socket(zmq.PUB)
         self.media = MediaLane(ctx, native, by_token=self._by_token,
                                is_member=self.rooms.is_member, send_direct=self.send_direct,
                                clock=cfg.clock, stats=self.stats)
-        sockets = {"control": self._control, "events": self._events}
+        if self.keypair is not None:
+            for sock in (self._control, self._events, *self.media.sockets):
+                keys.secure_server(sock, self.keypair, DOMAIN)
+        sockets = {"entry": self._entry, "control": self._control, "events": self._events}
         try:
             for lane, sock in sockets.items():
                 sock.setsockopt(zmq.LINGER, 0)
@@ -254,6 +325,8 @@ class Broker:
         self._events_raw: zmq.Socket = zmq.Socket.shadow(self._events.underlying)
         self._control_greenlet = gevent.spawn(self._control_loop)
         self._greenlets = [
+            *([gevent.spawn(self._zap.run)] if self._zap is not None else []),
+            gevent.spawn(self._entry_loop),
             self._control_greenlet,
             *self.media.start(),
             gevent.spawn(self._heartbeat_loop),
@@ -262,10 +335,12 @@ class Broker:
         for greenlet in self._greenlets:
             greenlet.link_exception(self._on_loop_crash)
         log.info(
-            "broker epoch %s: control %s, events %s, media in %s, media out %s, data %s",
-            self.epoch,
-            *(self.endpoints[k] for k in ("control", "events", "media_in", "media_out")),
+            "broker epoch %s: entry %s, control %s, events %s, media in %s, media out %s, "
+            "data %s, %s",
+            self.epoch, self.endpoints["entry"],
+            *(self.endpoints[k] for k in LANES),
             self.store.path,
+            f"key {self.public_key}" if self.keypair else "INSECURE (no CURVE)",
         )
 
     def stop(self) -> None:
@@ -304,28 +379,57 @@ class Broker:
         self._stopped.wait()
 
     def _close_sockets(self) -> None:
-        for name in ("_control", "_events"):
+        for name in ("_entry", "_control", "_events"):
             sock = getattr(self, name, None)
             if sock is not None and not sock.closed:
                 sock.close(linger=0)
         if self.media is not None:
             self.media.close()
+        if self._zap is not None:  # last: no secure socket may outlive it
+            self._zap.close()
 
     # control lane -----------------------------------------------------------------------------
 
+    def _entry_loop(self) -> None:
+        """Answer DISCOVER on the entry lane with the broker's key and lanes; anything else
+        gets ERROR. Nothing here opens a session or touches the broker's state."""
+        sock = self._entry
+        while True:
+            frames = sock.recv_multipart()
+            routing_id, body = frames[0], frames[1:]
+            try:
+                request = p.decode(body, max_body_bytes=MAX_ENTRY_BYTES)
+                if not isinstance(request, p.Discover):
+                    raise p.RemoteProtocolError(
+                        f"the entry lane answers DISCOVER only, not {request.COMMAND.decode()}",
+                        code=p.ErrorCode.UNKNOWN_COMMAND,
+                        req_id=getattr(request, "req_id", 0))
+            except p.RemoteProtocolError as exc:
+                reply = p.encode(p.Error(req_id=exc.req_id, code=exc.code, reason=exc.reason))
+            else:
+                reply = p.encode(p.BrokerInfo(req_id=request.req_id, key=self.public_key,
+                                              endpoints={k: self.endpoints[k] for k in LANES},
+                                              version=PROTOCOL_VERSION))
+            try:
+                sock.send_multipart([routing_id, *reply], flags=_NOBLOCK)
+            except zmq.Again:
+                pass  # a peer that does not read its replies gets none
+
     def _control_loop(self) -> None:
         green, raw = self._control, self._control_raw
+        secure = self.keypair is not None
         while True:
-            first = _recv_control_rest(raw, green.recv())
+            head = green.recv(copy=False)
+            first = _recv_control_rest(raw, head, secure)
             self._batch = batch = _Batch()
             try:
-                self._on_control(first)
+                self._on_control(*first)
                 for _ in range(DRAIN_BATCH):
                     try:
-                        head = raw.recv(_NOBLOCK)
+                        head = raw.recv(_NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_control(_recv_control_rest(raw, head))
+                    self._on_control(*_recv_control_rest(raw, head, secure))
             finally:
                 batch = self._batch or batch  # a commit() meanwhile started a new one
                 self._batch = None
@@ -385,7 +489,9 @@ class Broker:
             self._batch = _Batch()
             self._commit(batch)
 
-    def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frames: list[bytes], key: str) -> None:
+        """One control message, ``[routing_id, header, command, body(, payload)]``, from a
+        connection whose CURVE client key is ``key`` (Z85; empty when insecure)."""
         routing_id, body = frames[0], frames[1:]
         self.stats["requests"] += 1
         try:
@@ -403,6 +509,17 @@ class Broker:
                                                     reason=exc.reason)))
             return
         session = self.sessions.get(routing_id)
+        if session is not None and session.key != key:
+            # another key's connection took a routing id a session had: it gets nothing of
+            # that session, not even its cached replies (docs/protocol.md 5.2)
+            self.stats["wrong_key"] += 1
+            self.stats["errors"] += 1
+            log.warning("refused %s from another key on %s's routing id",
+                        type(request).__name__, session.nick)
+            self._send(routing_id, p.encode(p.Error(
+                req_id=request.req_id, code=p.ErrorCode.NO_SESSION,
+                reason="this connection holds no session: send HELLO first")))
+            return
         if session is not None:
             session.last_seen = self.clock.monotonic_s()
             cached = session.replies.get(request.req_id)
@@ -413,7 +530,7 @@ class Broker:
         batch = self._batch
         events_before = len(batch.events) if batch is not None else 0
         try:
-            reply = self._dispatch(routing_id, session, request)
+            reply = self._dispatch(routing_id, session, request, key)
         except Refused as exc:
             self.stats["errors"] += 1
             reply = p.Error(req_id=request.req_id, code=exc.code, reason=exc.reason)
@@ -437,10 +554,10 @@ class Broker:
             session.remember(request.req_id, frames_out)
 
     def _dispatch(
-        self, routing_id: bytes, session: ClientSession | None, req: p.Request
+        self, routing_id: bytes, session: ClientSession | None, req: p.Request, key: str
     ) -> p.Reply | Deferred:
         if isinstance(req, p.Hello):
-            return self.chat.hello(routing_id, session, req)
+            return self.chat.hello(routing_id, session, req, key)
         if session is None:
             raise Refused(p.ErrorCode.NO_SESSION, "no session: send HELLO first")
         handler = self._handlers.get(type(req))
@@ -506,14 +623,35 @@ class Broker:
 
     # sessions ---------------------------------------------------------------------------------
 
-    def open_session(self, routing_id: bytes, nick: str) -> ClientSession:
+    def open_session(self, routing_id: bytes, nick: str, key: str = "") -> ClientSession:
         """A new session for ``nick`` (claimed in :attr:`rooms` already) at ``routing_id``,
-        with a fresh media token."""
+        held by the client key ``key`` (Z85; empty when insecure), with a fresh media token."""
         session = ClientSession(routing_id, nick, b"m" + secrets.token_bytes(15),
-                                self.clock.monotonic_s())
+                                self.clock.monotonic_s(), key=key)
         self.sessions[routing_id] = session
         self._by_token[session.media_token] = session
         return session
+
+    def move_session(self, session: ClientSession, routing_id: bytes) -> None:
+        """Move ``session`` to the connection ``routing_id`` (a HELLO that resumes it, from the
+        same key): its nick, rooms, reply cache and media token go with it; services hear it
+        (:meth:`~zmeet.broker.service.Service.on_session_moved`)."""
+        assert self.rooms is not None
+        old = session.routing_id
+        del self.sessions[old]
+        session.routing_id = routing_id
+        self.sessions[routing_id] = session
+        # a new media token too: the new connection's media DEALER must not meet the old one's
+        self._by_token.pop(session.media_token, None)
+        session.media_token = b"m" + secrets.token_bytes(15)
+        self._by_token[session.media_token] = session
+        self.rooms.move_nick(session.nick, routing_id)
+        for service in self.services:
+            try:
+                service.on_session_moved(session, old)
+            except Exception:
+                log.exception("service %s failed on the move of %s", service.name, session.nick)
+        log.info("%s resumed on a new connection", session.nick)
 
     def limits(self) -> dict[str, int]:
         """The limits told to clients in WELCOME (docs/protocol.md, "Limits")."""
@@ -620,14 +758,27 @@ class Broker:
         return () if self.media is None else self.media.media_demand(room, nick)
 
 
-def _recv_control_rest(sock: zmq.Socket, routing_id: bytes) -> list:
-    """All of a control message whose first part, ``routing_id``, was just received:
-    ``[routing_id, header, command, body(, payload)]`` as bytes, a payload (a FILE-DATA chunk)
-    as a memoryview of its :class:`zmq.Frame`, not copied."""
-    parts = recv_rest(sock, routing_id, 4)
+def user_id(frame: zmq.Frame) -> str:
+    """The ZAP ``User-Id`` of the connection ``frame`` came from (zmeet's: the client's public
+    key in Z85), or ``"?"`` if it has none, which no session's key equals (a secure lane whose
+    ZAP handler did not answer: libzmq fails open, the broker does not)."""
+    try:
+        return frame.get("User-Id")  # type: ignore[return-value]
+    except zmq.ZMQError:
+        return "?"
+
+
+def _recv_control_rest(sock: zmq.Socket, head: zmq.Frame, secure: bool) -> tuple[list, str]:
+    """All of a control message whose first part, ``head`` (the routing id), was just received
+    as a :class:`zmq.Frame`, and the connection's client key: ``([routing_id, header, command,
+    body(, payload)], key)``, parts as bytes, a payload (a FILE-DATA chunk) as a memoryview of
+    its :class:`zmq.Frame`, not copied; ``key`` the ZAP ``User-Id`` (Z85) when ``secure``,
+    else empty."""
+    key = user_id(head) if secure else ""
+    parts = recv_rest(sock, head.bytes, 4)
     for i in range(4, len(parts)):
         parts[i] = parts[i].buffer
-    return parts
+    return parts, key
 
 
 __all__ = ["Broker", "BrokerConfig", "ClientSession", "default_data_dir", "derive_endpoints"]

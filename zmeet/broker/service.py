@@ -159,8 +159,18 @@ class BrokerCore(Protocol):
         """Store and send what the current batch holds now (before a read of the store)."""
         ...
 
-    def open_session(self, routing_id: bytes, nick: str) -> ClientSession:
-        """A new session for ``nick`` (already claimed in :attr:`rooms`) at ``routing_id``."""
+    def open_session(self, routing_id: bytes, nick: str, key: str = "") -> ClientSession:
+        """A new session for ``nick`` (already claimed in :attr:`rooms`) at ``routing_id``,
+        held by client key ``key``."""
+        ...
+
+    def move_session(self, session: ClientSession, routing_id: bytes) -> None:
+        """Move ``session`` to the connection ``routing_id`` (HELLO with ``resume``)."""
+        ...
+
+    @property
+    def secure(self) -> bool:
+        """Whether the lanes run CURVE (not ``--insecure``): sessions and nicks have keys."""
         ...
 
     def end_session(self, session: ClientSession, type_: str, reason: str) -> None:
@@ -187,6 +197,11 @@ class Service:
 
     def on_session_end(self, session: ClientSession, reason: str) -> None:
         """``session`` is ending (BYE, heartbeats stopped, nick changed): ``reason`` says which."""
+
+    def on_session_moved(self, session: ClientSession, old_routing_id: bytes) -> None:
+        """``session`` was resumed on a new connection: ``session.routing_id`` is the new one,
+        ``old_routing_id`` what it was (a service that keys its tables by routing id moves
+        them)."""
 
     def tick(self, now_s: float) -> None:
         """Called every TICK_INTERVAL_S with the broker clock's monotonic time (seconds)."""

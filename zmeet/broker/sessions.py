@@ -20,17 +20,24 @@ class ClientSession:
     """What the broker knows of one connected client (keyed by control routing id).
 
     ``last_seen`` is the monotonic time (seconds, the broker's clock) of its last request or
-    media frame.
+    media frame. ``key`` is the CURVE public key (Z85) of the client that holds it, the ZAP
+    ``User-Id`` of its connections (empty on an insecure broker): only a connection with that
+    key is served as this session, on the control lane and the media lane.
     """
 
     routing_id: bytes
     nick: str
     media_token: bytes
     last_seen: float
+    key: str = ""
     replies: OrderedDict[int, Any] = field(default_factory=OrderedDict)
     """Per ``req_id``, the reply frames sent (``list[bytes]``), or the
     :class:`~zmeet.broker.service.Deferred` still pending; at most REPLY_CACHE_SIZE, oldest
     forgotten first."""
+
+    def __post_init__(self) -> None:
+        self.key_bytes = self.key.encode("ascii")
+        """``key`` as the octets libzmq gives a frame's ``User-Id`` (the media lane's check)."""
 
     def remember(self, req_id: int, reply: Any) -> None:
         """Put ``reply`` (frames, or a pending Deferred) in the reply cache under ``req_id``,

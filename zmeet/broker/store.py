@@ -1,4 +1,5 @@
-"""The broker's SQLite store (docs/architecture.md, "Storage"): room events and room topics.
+"""The broker's SQLite store (docs/architecture.md, "Storage"): room events, room topics and
+registered nicks.
 
 One file, ``zmeet.sqlite3`` in the data directory, in WAL mode with ``synchronous=NORMAL``:
 a commit is durable across a broker crash, and only a power cut may lose the last ones.
@@ -30,6 +31,13 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_chat ON events (room, type, seq);
 CREATE TABLE IF NOT EXISTS rooms (name TEXT PRIMARY KEY, topic TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS nicks (
+    nick          TEXT    PRIMARY KEY,
+    key           TEXT    NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    seen_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nicks_key ON nicks (key);
 """
 
 _COLUMNS = "room, seq, id, ts_ms, type, sender, text"
@@ -102,6 +110,37 @@ class Store:
             (room, after_seq, limit),
         ).fetchall()
         return [_event(r) for r in rows]
+
+    # registered nicks: a nick belongs to the key that first used it (docs/protocol.md 5) ----
+
+    def nick_owner(self, nick: str) -> str | None:
+        """The key (Z85 text) ``nick`` is registered to, or None."""
+        row = self._db.execute("SELECT key FROM nicks WHERE nick = ?", (nick,)).fetchone()
+        return row[0] if row else None
+
+    def register_nick(self, nick: str, key: str, now_ms: int, keep: int,
+                      held: frozenset[str] = frozenset()) -> bool:
+        """Register ``nick`` to ``key`` unless it is registered already (to any key), or mark
+        it seen if it is ``key``'s; returns whether it is now ``key``'s. A key keeps at most
+        ``keep`` nicks: past that, its least recently seen nick not in ``held`` (the nicks in
+        use now) is released (as NickServ lets unused registrations expire). One transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO nicks VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(nick) DO UPDATE SET seen_ms = excluded.seen_ms "
+                "WHERE nicks.key = excluded.key",
+                (nick, key, now_ms, now_ms))
+            rows = self._db.execute(
+                "SELECT nick FROM nicks WHERE key = ? ORDER BY seen_ms, nick", (key,)).fetchall()
+            extra = len(rows) - keep
+            for (old,) in rows:
+                if extra <= 0:
+                    break
+                if old != nick and old not in held:
+                    self._db.execute("DELETE FROM nicks WHERE nick = ?", (old,))
+                    extra -= 1
+        return self.nick_owner(nick) == key
 
     def chat_count(self, room: str) -> int:
         """How many chat messages ``room`` has stored."""

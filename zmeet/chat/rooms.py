@@ -110,6 +110,13 @@ class Rooms:
         self._joined.pop(nick, None)
         return events
 
+    def move_nick(self, nick: str, owner: object) -> None:
+        """Give the claimed ``nick`` to ``owner`` (its session resumed on a new connection),
+        keeping its rooms. Raises :class:`Refused` NO_SESSION if nobody holds it."""
+        if nick not in self._nicks:
+            raise Refused(ErrorCode.NO_SESSION, f"nick {nick!r} is not held")
+        self._nicks[nick] = owner
+
     def holder(self, nick: str) -> object | None:
         """The owner that holds ``nick``, or None."""
         return self._nicks.get(nick)

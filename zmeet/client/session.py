@@ -29,9 +29,10 @@ import gevent.queue
 import zmq
 import zmq.green as zmq_green
 
+from .. import keys
 from .. import protocol as p
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import BrokerUnavailable, NickInUse, Refused
+from ..errors import BrokerKeyChanged, BrokerUnavailable, InsecureBroker, NickInUse, Refused
 from ..protocol import clone
 from ..protocol.clone import LinkState, Notice
 from ..protocol.limits import MAX_HISTORY
@@ -56,11 +57,22 @@ def resolve_endpoint(advertised: str, control: str) -> str:
 class Session:
     """A connection to one broker under one nick.
 
-    ``broker`` is the control endpoint (``tcp://HOST:PORT``); ``timeout_s`` bounds every
+    ``broker`` is the broker's address, its entry lane: ``tcp://HOST:PORT``, ``ipc://PATH``,
+    or ``zmeet://HOST:PORT/KEY``, which pins the broker's key; ``timeout_s`` bounds every
     request. Call :meth:`connect` first; it raises :class:`BrokerUnavailable` if the broker
     does not answer within ``timeout_s``, :class:`NickInUse` or :class:`Refused` if it
     refuses. Every other request raises the same on timeout or ERROR. ``clock`` gives the
     monotonic time of heartbeat liveness (:data:`zmeet.clock.SYSTEM_CLOCK` by default).
+
+    Trust (docs/protocol.md 5): every lane but entry is CurveZMQ. ``identity`` is this
+    person's key pair (default: made on first use at
+    :func:`zmeet.keys.default_identity_path`); the broker names every connection by it and
+    binds nicks to it. ``broker_key`` (Z85 or hex) pins the broker's key; without it the key
+    the broker announces is checked against ``known_brokers`` (default
+    ``config_dir()/known_brokers``): remembered on first contact (:attr:`first_contact` is then
+    True), and a different one later raises :class:`~zmeet.errors.BrokerKeyChanged`. A broker
+    run with ``--insecure`` is refused (:class:`~zmeet.errors.InsecureBroker`) unless
+    ``insecure`` is True, and always when a key is pinned for it.
     """
 
     def __init__(
@@ -73,9 +85,27 @@ class Session:
         context: zmq_green.Context | None = None,
         reconnect: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        identity: keys.KeyPair | None = None,
+        broker_key: str | bytes | None = None,
+        known_brokers: keys.KnownBrokers | None = None,
+        insecure: bool = False,
     ) -> None:
-        self.broker = broker
+        self.broker, url_key = keys.parse_address(broker)
         self.nick = nick
+        given = keys.parse_key(broker_key) if broker_key else None
+        if given and url_key and given != url_key:
+            raise BrokerKeyChanged(f"--broker-key {keys.fingerprint(given)} is not the key in "
+                                   f"{broker} ({keys.fingerprint(url_key)})")
+        self.pinned_key: bytes | None = given or url_key
+        """The broker key given by the caller (``broker_key`` or the zmeet URL), or None."""
+        self.broker_key: bytes | None = None
+        """The broker's public key (Z85) once connected; None for an insecure broker."""
+        self.first_contact = False
+        """Whether :meth:`connect` met this broker's key for the first time (and remembered
+        it in :attr:`known_brokers`)."""
+        self._identity = identity
+        self.known_brokers = known_brokers
+        self.insecure = insecure
         self.timeout_s = timeout_s
         self.client_name = client
         self.clock = clock
@@ -98,6 +128,9 @@ class Session:
         self._pending: dict[int, gevent.event.AsyncResult] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._dealer: zmq_green.Socket | None = None
+        self._reply_greenlet: gevent.Greenlet | None = None
+        self._previous_id = b""
+        """The routing id of the control connection before the current one (HELLO resume)."""
         self._sub: zmq_green.Socket | None = None
         self._last_heartbeat_s = self.clock.monotonic_s()
 
@@ -118,20 +151,109 @@ class Session:
 
     # connection -------------------------------------------------------------------------------
 
-    def connect(self) -> p.Welcome:
-        """Open the control and events lanes and say HELLO. Returns the WELCOME."""
-        dealer = self.context.socket(zmq.DEALER)
+    @property
+    def identity(self) -> keys.KeyPair:
+        """This person's key pair (loaded, or made, on first use)."""
+        if self._identity is None:
+            self._identity, _made = keys.load_or_create(keys.default_identity_path())
+        return self._identity
+
+    def secure(self, sock: zmq.Socket) -> zmq.Socket:
+        """Make ``sock`` (before it connects to one of the broker's lanes) a CurveZMQ client of
+        the broker, as :attr:`identity`; a no-op for an insecure broker. Returns ``sock``.
+        The media lane's sockets come through here."""
+        if self.broker_key is not None:
+            keys.secure_client(sock, self.broker_key, self.identity)
+        return sock
+
+    def discover(self) -> p.BrokerInfo:
+        """Ask the entry lane who the broker is, check its key (pinned, known or new) and take
+        its lanes. Raises :class:`BrokerUnavailable` (no answer within ``timeout_s``),
+        :class:`BrokerKeyChanged`, :class:`InsecureBroker`, :class:`Refused`."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.broker)
+            send_parts(sock, p.encode(p.Discover(req_id=1)))
+            if not sock.poll(int(self.timeout_s * 1000)):
+                raise BrokerUnavailable(
+                    f"no answer from the broker at {self.broker} within {self.timeout_s:g} s: "
+                    "is `zmeet broker` running there?")
+            try:
+                info = p.decode(recv_rest(sock, sock.recv(), 3))
+            except p.RemoteProtocolError as exc:
+                raise BrokerUnavailable(f"{self.broker} is not a zmeet broker ({exc.reason})"
+                                        ) from None
+        finally:
+            sock.close(linger=0)
+        if isinstance(info, p.Error):
+            raise Refused(info.code, info.reason)
+        if not isinstance(info, p.BrokerInfo):
+            raise BrokerUnavailable(f"{self.broker} answered DISCOVER with "
+                                    f"{info.COMMAND.decode()}")
+        if info.version != p.PROTOCOL_VERSION:
+            raise Refused(p.ErrorCode.VERSION_MISMATCH,
+                          f"the broker speaks protocol version {info.version}, this client "
+                          f"{p.PROTOCOL_VERSION}")
+        known = self.known_brokers or keys.KnownBrokers()
+        if not info.key:
+            remembered = self.pinned_key or (known.lookup(self.broker) or (None,))[0]
+            if remembered is not None:
+                raise InsecureBroker(
+                    f"the broker at {self.broker} runs without encryption, but its key "
+                    f"{keys.fingerprint(remembered)} is pinned: someone may be impersonating "
+                    "it. Refusing to connect.")
+            if not self.insecure:
+                raise InsecureBroker(
+                    f"the broker at {self.broker} runs without encryption (`zmeet broker "
+                    "--insecure`): anyone on the network can read and impersonate. Pass "
+                    "--insecure (or ZMEET_INSECURE=1) to connect anyway.")
+            self.broker_key = None
+        else:
+            key = keys.parse_key(info.key)
+            if self.pinned_key is not None:
+                if key != self.pinned_key:
+                    raise BrokerKeyChanged(
+                        f"the broker at {self.broker} has key {keys.fingerprint(key)}, not the "
+                        f"key given ({keys.fingerprint(self.pinned_key)}): someone may be "
+                        "impersonating it. Refusing to connect.")
+            elif self.broker_key is None or self.broker_key != key:
+                # the first connect, or a reconnect to a broker whose key changed
+                self.first_contact = known.check(self.broker, key) or self.first_contact
+            self.broker_key = key
+        self.endpoints = {k: resolve_endpoint(v, self.broker) for k, v in info.endpoints.items()}
+        return info
+
+    def _open_dealer(self) -> None:
+        """A new control DEALER (a new routing id) to the broker's control lane, and its reply
+        greenlet; the old one, if any, is closed with its greenlet (docs/protocol.md 3.8: a
+        client whose connection stops answering opens a new one)."""
+        old, old_loop = self._dealer, self._reply_greenlet
+        dealer = self.secure(self.context.socket(zmq.DEALER))
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_bytes(14))
-        dealer.connect(self.broker)
+        dealer.connect(self.endpoints["control"])
         self._dealer = dealer
-        self._greenlets.append(gevent.spawn(self._reply_loop))
+        self._reply_greenlet = gevent.spawn(self._reply_loop, dealer)
+        self._greenlets.append(self._reply_greenlet)
+        if old_loop is not None:
+            old_loop.kill(block=False)
+            self._greenlets.remove(old_loop)
+        if old is not None:
+            self._previous_id = bytes(old.getsockopt(zmq.IDENTITY))  # type: ignore[arg-type]
+            old.close(linger=0)
+
+    def connect(self) -> p.Welcome:
+        """Ask the entry lane for the broker's key and lanes, open the control and events
+        lanes and say HELLO. Returns the WELCOME."""
         try:
+            self.discover()
+            self._open_dealer()
             welcome = self._hello()
         except BaseException:
             self.close(bye=False)
             raise
-        sub = self.context.socket(zmq.SUB)
+        sub = self.secure(self.context.socket(zmq.SUB))
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, p.HEARTBEAT_TOPIC)
         sub.connect(self.endpoints["events"])
@@ -142,7 +264,8 @@ class Session:
         return welcome
 
     def _hello(self) -> p.Welcome:
-        welcome = self.request(p.Hello, nick=self.nick, client=self.client_name)
+        welcome = self.request(p.Hello, nick=self.nick, client=self.client_name,
+                               resume=self._previous_id)
         assert isinstance(welcome, p.Welcome)
         version = welcome.limits.get("protocol_version", p.PROTOCOL_VERSION)
         if version != p.PROTOCOL_VERSION:
@@ -150,13 +273,8 @@ class Session:
                 p.ErrorCode.VERSION_MISMATCH,
                 f"the broker speaks protocol version {version}, this client {p.PROTOCOL_VERSION}",
             )
-        old_events = self.endpoints.get("events")
         self.welcome = welcome
         self._run(self._clone.welcomed(welcome.epoch))
-        self.endpoints = {k: resolve_endpoint(v, self.broker) for k, v in welcome.endpoints.items()}
-        if self._sub is not None and old_events and self.endpoints["events"] != old_events:
-            self._sub.disconnect(old_events)  # a broker restarted on other ports
-            self._sub.connect(self.endpoints["events"])
         for listener in list(self.welcome_listeners):
             listener(welcome)
         return welcome
@@ -333,10 +451,8 @@ class Session:
 
     # loops ------------------------------------------------------------------------------------
 
-    def _reply_loop(self) -> None:
-        assert self._dealer is not None
+    def _reply_loop(self, dealer: zmq_green.Socket) -> None:
         while True:
-            dealer = self._dealer
             # a payload (a FILE-CHUNK's data) as a memoryview of the received frame, not copied
             frames = recv_rest(dealer, dealer.recv(), 3)
             for i in range(3, len(frames)):
@@ -410,6 +526,13 @@ class Session:
         (docs/protocol.md 3.8, "Recovery"; the machine's ``Reconnect`` effect)."""
         while self._clone.state is not LinkState.CLOSED:
             try:
+                old_events = self.endpoints.get("events")
+                self.discover()  # the broker may have restarted on other ports, or another key
+                self._open_dealer()
+                if self._sub is not None and old_events != self.endpoints["events"]:
+                    if old_events:
+                        self._sub.disconnect(old_events)
+                    self._sub.connect(self.endpoints["events"])
                 self._hello()
                 for room in self._clone.rejoin_rooms():
                     if not self._clone.is_joined(room):
@@ -424,6 +547,11 @@ class Session:
                     self._run(self._clone.rejoined(room, joined))
                 self._last_heartbeat_s = self.clock.monotonic_s()
                 self._run(self._clone.recovered())
+                return
+            except (BrokerKeyChanged, InsecureBroker) as exc:
+                # never a silent reconnect to another key: the machine's notice tells why
+                log.error("not reconnecting: %s", exc)
+                self._run(self._clone.gave_up("broker-key-changed", str(exc)))
                 return
             except (BrokerUnavailable, Refused) as exc:
                 log.info("reconnect failed: %s", exc)

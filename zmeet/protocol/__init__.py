@@ -30,8 +30,10 @@ from .messages import (
     REPLIES,
     REQUESTS,
     ROOM_EVENT_TYPES,
+    BrokerInfo,
     Bye,
     Direct,
+    Discover,
     Error,
     Events,
     Heartbeat,
@@ -67,4 +69,5 @@ __all__ = [
     "decode_published", "encode", "encode_published", "is_valid_nick", "is_valid_room",
     "media_room_topic", "media_topic", "register", "room_topic", "topic_of",
 ]
+__all__ += ["BrokerInfo", "Discover"]  # the entry lane (2.3)
 __all__ += ["MAX_STATE_BYTES", "STATE_INTERVAL_S", "MediaState"]  # media state (3.9.2)

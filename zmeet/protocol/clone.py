@@ -117,8 +117,9 @@ class RoomState(enum.Enum):
 class Notice:
     """Something about the session, not a room event: ``kind`` is ``broker-lost``,
     ``broker-restarted``, ``reconnected``, ``gap`` (events that could not be fetched),
-    ``left`` (a room that could not be rejoined) or ``history-lost`` (the broker came back
-    without a room's history); ``text`` says it for people.
+    ``left`` (a room that could not be rejoined), ``history-lost`` (the broker came back
+    without a room's history) or ``broker-key-changed`` (the broker came back with another
+    key, or none: the session will not reconnect); ``text`` says it for people.
 
     Also an effect: put it on the application's queue (``Session.events``)."""
 
@@ -323,6 +324,15 @@ class CloneClient:
         if self.state is LinkState.RECOVERING:
             self.state = LinkState.UP
         return []
+
+    def gave_up(self, kind: str, text: str) -> list[Effect]:
+        """The driver's recovery met a reason never to reconnect (``kind``
+        ``broker-key-changed``: the broker now has another key, or runs without one): lost for
+        good, and a notice saying why."""
+        self.reconnect = False
+        if self.state is not LinkState.CLOSED:
+            self.state = LinkState.LOST
+        return [Notice(kind, text)]
 
     def close_started(self) -> list[Effect]:
         """The session is closing (BYE on its way)."""

@@ -31,6 +31,8 @@ class ErrorCode(IntEnum):
     """The rules refuse the move, or the game is in the wrong state for the request."""
     MESSAGE_TOO_LARGE = 413
     """A text, room topic or whole message is over its limit."""
+    NICK_REGISTERED = 423
+    """The nick is registered to another key: only its owner can use it."""
     INVALID_NAME = 422
     """A nick or room name does not match its pattern."""
     VERSION_MISMATCH = 426

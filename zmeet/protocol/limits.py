@@ -38,7 +38,13 @@ MAX_REQUEST_BYTES = 64 * 1024
 """Largest body frame the broker decodes on the control lane."""
 
 MAX_CONTROL_FRAME_BYTES = 1024 * 1024
-"""``zmq.MAXMSGSIZE`` of the broker's ROUTER: a larger frame drops the connection in libzmq."""
+"""The largest frame the broker's control ROUTER takes (its ``zmq.MAXMSGSIZE``, plus
+:data:`CURVE_OVERHEAD_BYTES`): a larger frame drops the connection in libzmq."""
+
+CURVE_OVERHEAD_BYTES = 64
+"""What a frame grows by on a CURVE connection, rounded up: libzmq checks ``ZMQ_MAXMSGSIZE``
+against the MESSAGE command on the wire (RFC 26: its name, an 8-octet nonce, a flags octet and
+a 16-octet MAC around the frame; 34 octets), so every ``MAXMSGSIZE`` is a limit plus this."""
 
 MAX_MEDIA_FRAME_BYTES = 8 * 1024 * 1024
 """Largest encoded media payload (a 4K JPEG fits)."""
@@ -59,6 +65,13 @@ MAX_HISTORY = 1000
 """Most events one JOIN or HISTORY reply carries."""
 
 MAX_ROOMS_PER_SESSION = 64
+
+MAX_NICKS_PER_KEY = 8
+"""Nicks a key keeps registered: past it, its least recently used nick not in use is released
+(a person with a few names keeps them; a squatter with thousands cannot hold them)."""
+
+MAX_ENTRY_BYTES = 1024
+"""Largest message the entry lane reads (a DISCOVER is a few dozen octets)."""
 
 HEARTBEAT_INTERVAL_MS = 2000
 """How often the broker publishes HEARTBEAT and a client sends PING."""

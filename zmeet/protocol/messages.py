@@ -62,11 +62,17 @@ class Direct(Message):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Request):
     """Open a session under ``nick``. Reply: :class:`Welcome`, or ERROR NICK_IN_USE,
-    INVALID_NAME, VERSION_MISMATCH."""
+    NICK_REGISTERED, INVALID_NAME, VERSION_MISMATCH.
+
+    ``resume`` is the control routing id of this client's previous connection (empty for a
+    new client): a client that reconnects on a new DEALER names it, and if that session is
+    still there and held by the same key, the broker moves it to this connection, its rooms,
+    games, transfers and reply cache with it (docs/protocol.md 3.8)."""
 
     COMMAND: ClassVar[bytes] = b"HELLO"
     nick: str
     client: str = ""
+    resume: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +179,14 @@ class Heartbeat(Message):
     interval_ms: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Discover(Request):
+    """Sent on the entry lane, the only lane without encryption: who is this broker?
+    Reply: :class:`BrokerInfo` (docs/protocol.md 2.3)."""
+
+    COMMAND: ClassVar[bytes] = b"DISCOVER"
+
+
 # --- replies --------------------------------------------------------------------------------
 
 
@@ -188,6 +202,20 @@ class Welcome(Reply):
     endpoints: dict[str, str]
     limits: dict[str, int]
     media_token: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerInfo(Reply):
+    """Reply to DISCOVER on the entry lane: the broker's CurveZMQ public ``key`` (40
+    characters of Z85; empty for a broker run with ``--insecure``) and its ``endpoints``
+    (``control``, ``events``, ``media_in``, ``media_out``). Nothing here is secret, and nothing
+    here is trusted: the client pins ``key`` (docs/protocol.md 2.3), and a forged one cannot
+    complete the CURVE handshake of the other lanes."""
+
+    COMMAND: ClassVar[bytes] = b"BROKER-INFO"
+    key: str
+    endpoints: dict[str, str]
+    version: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,8 +331,10 @@ class MediaDemand(Direct):
     kinds: tuple[str, ...]
 
 
-REQUESTS: tuple[type[Request], ...] = (Hello, Join, Leave, Say, History, Info, SetTopic, Ping, Bye)
-REPLIES: tuple[type[Reply], ...] = (Welcome, Joined, Posted, Events, RoomInfo, Pong, Ok, Error)
+REQUESTS: tuple[type[Request], ...] = (
+    Hello, Join, Leave, Say, History, Info, SetTopic, Ping, Bye, Discover)
+REPLIES: tuple[type[Reply], ...] = (
+    Welcome, Joined, Posted, Events, RoomInfo, Pong, Ok, Error, BrokerInfo)
 PUBLISHED: tuple[type[Message], ...] = (RoomEvent, Heartbeat)
 ALL_MESSAGES: tuple[type[Message], ...] = (
     REQUESTS + REPLIES + PUBLISHED + (MediaFrame, MediaDemand)

@@ -125,7 +125,7 @@ class MediaPublisher:
         session.direct_handlers[p.MediaDemand] = self._on_demand
 
     def _open_socket(self, media_token: bytes) -> None:
-        sock = self.session.context.socket(zmq.DEALER)
+        sock = self.session.secure(self.session.context.socket(zmq.DEALER))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self._sndhwm)
         sock.setsockopt(zmq.SNDBUF, MEDIA_SOCKET_BUFFER_BYTES)

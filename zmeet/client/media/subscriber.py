@@ -36,8 +36,8 @@ from ...media import FpsMeter, SeqTracker
 from ...media.audio import video_due_us
 from ...media.jitter import DelayLine
 from ...protocol.limits import (
+    CURVE_OVERHEAD_BYTES,
     MAX_MEDIA_FRAME_BYTES,
-    MAX_MEDIA_META_BYTES,
     MEDIA_SOCKET_BUFFER_BYTES,
 )
 from ..session import Session
@@ -165,11 +165,11 @@ class MediaSubscriber:
         """Open the SUB, subscribe to each room, and start receiving. Idempotent."""
         if self._sock is not None or self._stopped:
             return
-        sock = self.session.context.socket(zmq.SUB)
+        sock = self.session.secure(self.session.context.socket(zmq.SUB))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.RCVBUF, MEDIA_SOCKET_BUFFER_BYTES)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + MAX_MEDIA_META_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEDIA_FRAME_BYTES + CURVE_OVERHEAD_BYTES)
         self._endpoint = self.session.endpoints["media_out"]
         sock.connect(self._endpoint)
         self._sock = sock
