@@ -21,9 +21,15 @@ Megamind.avi."""
 
 
 @contextmanager
-def broker_process(*extra: str, ready_line: bool = False):
+def broker_process(*extra: str, ready_line: bool = False, secure: bool = False):
     """A ``zmeet broker`` on random loopback ports in a temporary data dir; yields its
-    endpoints (or, with ``ready_line``, its whole JSON ready line) and its process."""
+    endpoints (or, with ``ready_line``, its whole JSON ready line) and its process.
+
+    ``--insecure`` (no CURVE) unless ``secure``: these benchmarks' raw clients speak NULL, and
+    their figures are the ones measured before CURVE; the cost of encryption is measured
+    beside them where a benchmark passes ``secure=True``."""
+    if not secure:
+        extra = ("--insecure", *extra)
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zmeet_cli.main", "broker", "--bind", "tcp://127.0.0.1:*",

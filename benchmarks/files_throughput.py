@@ -220,7 +220,7 @@ def one_round(src: Path, tmp: Path, size: int) -> dict:
     copy.unlink()
     out = tmp / "fetched"
     with broker_process("--max-file-size", str(max(size, 1) * 2)) as (endpoints, broker):
-        common = ["--broker", endpoints["control"], "--json"]
+        common = ["--broker", endpoints["entry"], "--insecure", "--json"]
         os.sync()
         prewarm(tmp, size)
         with Others(broker.pid) as up_others:

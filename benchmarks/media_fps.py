@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     with broker_process() as (endpoints, _proc):
-        alice = Session(endpoints["control"], "alice")
-        bob = Session(endpoints["control"], "bob")
+        alice = Session(endpoints["entry"], "alice", insecure=True)
+        bob = Session(endpoints["entry"], "bob", insecure=True)
         for s in (alice, bob):
             s.connect()
             s.join("bench", history=0)

@@ -54,7 +54,7 @@ def participant(control: str, nick: str, seconds: float, participants: int) -> N
     from zmeet.media import LatestSlot, Pacer
     from zmeet.media.tiling import decode_reduction, meeting_layout
 
-    session = Session(control, nick, timeout_s=30)
+    session = Session(control, nick, timeout_s=30, insecure=True)
     session.connect()
     session.join(ROOM, history=0)
     ages: list[float] = []
@@ -162,7 +162,7 @@ def meeting(participants: int, seconds: float) -> dict:
     from benchmarks.common import broker_process
 
     with broker_process() as (endpoints, _broker):
-        control = endpoints["control"]
+        control = endpoints["entry"]
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.media_meeting",
                                    "--participant", f"p{i}", "--control", control,
                                    "--seconds", str(seconds), "--participants",
@@ -303,7 +303,8 @@ def forwarding(count: int = FORWARD_FRAMES, rounds: int = FORWARD_ROUNDS,
             ready, broker = stack.enter_context(
                 broker_process("--media-forwarder", forwarder, ready_line=True))
             result[f"{name}_forwarder"] = ready["media_forwarder"]
-            session = Session(ready["endpoints"]["control"], "sender", timeout_s=30)
+            session = Session(ready["endpoints"]["entry"], "sender", timeout_s=30,
+                              insecure=True)
             session.connect()
             stack.callback(session.close)
             session.join(ROOM, history=0)
