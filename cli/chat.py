@@ -42,25 +42,40 @@ def _features(ctx: click.Context) -> ChatFeatures:
 
 
 @click.command()
-@click.argument("room")
-@click.argument("text")
+@click.argument("room_or_text", metavar="ROOM TEXT | --to NICK TEXT")
+@click.argument("text", required=False)
+@click.option("--to", "to", default=None, metavar="NICK",
+              help="Send TEXT to NICK alone (a direct message, kept for NICK while offline).")
 @nick_option
 @broker_option
 @timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print the broker's receipt as JSON.")
 @click.pass_context
-def say(ctx, room, text, nick, broker, connect_timeout_s, as_json) -> None:
-    """Say TEXT in ROOM and exit 0 once the broker stored it."""
+def say(ctx, room_or_text, text, to, nick, broker, connect_timeout_s, as_json) -> None:
+    """Say TEXT in ROOM (or to NICK alone, with --to NICK TEXT) and exit 0 once the broker
+    took it."""
     _setup_logging(ctx.obj["log_level"])
+    if to is None and text is None:
+        raise click.UsageError("give ROOM and TEXT, or --to NICK and TEXT")
+    if to is not None and text is not None:
+        raise click.UsageError("with --to NICK, give only TEXT")
     session = _open_session(broker, nick, connect_timeout_s)
     try:
-        session.join(room, history=0)
-        posted = session.say(room, text)
+        if to is not None:
+            sent = session.send_direct(to, room_or_text)
+        else:
+            session.join(room_or_text, history=0)
+            posted = session.say(room_or_text, text)
     except ZmeetError as exc:
         session.close()
         _fail(exc)
     session.close()
-    if as_json:
+    if not as_json:
+        return
+    if to is not None:
+        click.echo(json.dumps({"type": "sent", "to": to, "id": sent.id, "ts_ms": sent.ts_ms,
+                               "stored": sent.stored}))
+    else:
         click.echo(json.dumps({"type": "posted", "room": posted.room, "seq": posted.seq,
                                "id": posted.id, "ts_ms": posted.ts_ms}))
 

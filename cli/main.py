@@ -22,7 +22,7 @@ import click
 
 from zmeet import __version__
 
-from . import bench, broker, chat, files, games, keys
+from . import bench, broker, chat, files, games, keys, privacy
 from .common import LOG_LEVELS, _release_zmq
 from .meeting_controls import MeetingControls
 from .render import RENDERERS
@@ -31,11 +31,12 @@ from .terminal import ChatFeatures, JoinOptions, Plugin
 
 def chat_plugins(options: JoinOptions) -> Sequence[Plugin]:
     """The plugins of one ``zmeet join`` terminal, in ``/help`` order."""
-    return [MeetingControls(), files.FilesChat(accept_files=options.accept_files),
-            games.GamesChat()]
+    return [MeetingControls(), privacy.PrivacyChat(),
+            files.FilesChat(accept_files=options.accept_files), games.GamesChat()]
 
 
-CHAT = ChatFeatures(renderers={**RENDERERS, **files.RENDERERS}, plugins=chat_plugins)
+CHAT = ChatFeatures(renderers={**RENDERERS, **files.RENDERERS, **privacy.RENDERERS},
+                    plugins=chat_plugins)
 """What the features add to the chat commands."""
 
 

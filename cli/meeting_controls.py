@@ -72,6 +72,6 @@ class MeetingControls(Plugin):
         meeting = terminal.meeting
         if (
             meeting is not None and meeting.viewer is not None
-            and event.room == meeting.room and event.type in ("leave", "gone")
+            and event.room == meeting.room and event.type in ("leave", "gone", "kick")
         ):
             meeting.forget(event.sender)  # their tiles, state and audio go with them

@@ -29,7 +29,7 @@ HELP_TEXT = """\
 Commands:
   /help                 this help
   /who [ROOM]           members, room topic and message count (also !INFO)
-  /join ROOM            join ROOM and talk there
+  /join ROOM [KEY]      join ROOM (with its key, if it has one) and talk there
   /leave [ROOM]         leave ROOM (default: the current room)
   /room ROOM            talk in ROOM (one you joined)
   /topic TEXT           set the room topic
@@ -213,9 +213,10 @@ class ChatTerminal:
                      f"topic: {safe(info.topic) or '(none)'}; {info.message_count} messages")
         elif command == "/join":
             if not rest:
-                self.out("-- usage: /join ROOM")
+                self.out("-- usage: /join ROOM [KEY]")
                 return
-            joined = self.session.join(rest)
+            room, _, key = rest.partition(" ")
+            joined = self.session.join(room, key=key.strip())
             self.current = joined.room
             self.out(f"-- joined #{joined.room} ({len(joined.members)} here: "
                      f"{', '.join(joined.members)})"

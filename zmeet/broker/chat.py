@@ -126,9 +126,15 @@ class ChatService(Service):
         count = self.broker.config.history if req.history < 0 else req.history
         if count > MAX_HISTORY:
             raise Refused(p.ErrorCode.TOO_MANY, f"history is limited to {MAX_HISTORY}")
+        access = self.broker.access
+        assert access is not None
+        if not rooms.is_member(req.room, nick):
+            rooms.room(req.room)  # validates the name first
+            access.check_join(req.room, nick, req.key)  # 403: banned, invite-only, key
         event = rooms.join(req.room, nick)
         if event is not None:
             self.broker.publish_events([event])
+            access.joined(req.room, nick)  # its first member owns it
             log.info("%s joined %s", nick, req.room)
         room = rooms.room(req.room)
         return p.Joined(
@@ -161,6 +167,13 @@ class ChatService(Service):
     def _info(self, session: ClientSession, req: p.Info) -> p.Reply:
         self.broker.commit()  # the message count must include this batch's events
         room = self._rooms.peek(req.room)
+        access = self.broker.access
+        assert access is not None
+        if not access.may_see(room.name, session.nick,
+                              self._rooms.is_member(room.name, session.nick)):
+            # a private room looks to outsiders as a room nobody ever used
+            return p.RoomInfo(req_id=req.req_id, room=room.name, topic="", members=(),
+                              message_count=0, last_seq=0)
         return p.RoomInfo(req_id=req.req_id, room=room.name, topic=room.topic,
                           members=tuple(room.members),
                           message_count=self._store.chat_count(room.name),

@@ -448,7 +448,12 @@ class FilesService(Service):
         self.downloads.pop(dl.download_id, None)
 
     def _may_see(self, info: pf.FileInfo, nick: str) -> bool:
-        return bool(info.room) or nick in (info.sender, info.to)
+        if not info.room:
+            return nick in (info.sender, info.to)
+        access, rooms = self.broker.access, self.broker.rooms
+        assert access is not None and rooms is not None
+        # a private room's files are its members' (and owners' and invited nicks')
+        return access.may_see(info.room, nick, rooms.is_member(info.room, nick))
 
     # upload ---------------------------------------------------------------------------------
 
@@ -898,7 +903,12 @@ class FilesService(Service):
             raise Refused(p.ErrorCode.TOO_MANY, f"limit must be 1 to {pf.MAX_FILE_LIST}")
         if req.room:
             check_room(req.room)
-            files = self.store.in_room(req.room, req.limit)
+            rooms, access = self.broker.rooms, self.broker.access
+            assert rooms is not None and access is not None
+            if access.may_see(req.room, session.nick, rooms.is_member(req.room, session.nick)):
+                files = self.store.in_room(req.room, req.limit)
+            else:  # a private room's files: as for a room with none
+                files = []
         else:
             files = self.store.direct(session.nick, req.limit)
         return pf.FileListed(req_id=req.req_id, room=req.room, files=tuple(files))

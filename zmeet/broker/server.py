@@ -50,6 +50,7 @@ import zmq.green as zmq_green
 from .. import keys
 from .. import protocol as p
 from ..chat import Rooms
+from ..chat.access import RoomAccess
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import Refused
 from ..protocol.limits import (
@@ -73,6 +74,7 @@ from ..protocol.limits import (
 from ..zmqio import recv_rest, send_parts
 from .chat import ChatService
 from .media import MediaLane, native_forwarder
+from .privacy import PrivacyService
 from .service import TICK_INTERVAL_S, Deferred, Handler, Service, ServiceFactory
 from .sessions import ClientSession
 from .store import Store
@@ -225,6 +227,7 @@ class Broker:
         self._stopped = gevent.event.Event()
         self.store: Store | None = None
         self.rooms: Rooms | None = None
+        self.access: RoomAccess | None = None
         self.services: list[Service] = []
         self._handlers: dict[type, Handler] = {}
         self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0,
@@ -265,9 +268,11 @@ class Broker:
         # than uuid4 on the hot path)
         self.rooms = Rooms(cfg.clock.wall_s, self.store.load_room,
                            lambda: f"{self.epoch}-{next(ids):x}")
+        self.access = RoomAccess(self.store.room_access, self.store.set_room_access)
         try:
             self.chat = ChatService(self)
-            self.services = [self.chat, *(factory(self) for factory in cfg.services)]
+            self.services = [self.chat, PrivacyService(self),
+                             *(factory(self) for factory in cfg.services)]
             self._handlers = {}
             for service in self.services:
                 for cls, handler in service.handlers().items():
@@ -630,6 +635,11 @@ class Broker:
                                 self.clock.monotonic_s(), key=key)
         self.sessions[routing_id] = session
         self._by_token[session.media_token] = session
+        for service in self.services:
+            try:
+                service.on_session_open(session)
+            except Exception:
+                log.exception("service %s failed on the start of %s", service.name, nick)
         return session
 
     def move_session(self, session: ClientSession, routing_id: bytes) -> None:

@@ -24,6 +24,7 @@ from .sessions import ClientSession
 
 if TYPE_CHECKING:
     from ..chat import Rooms
+    from ..chat.access import RoomAccess
     from ..clock import Clock
     from .store import Store
 
@@ -127,6 +128,8 @@ class BrokerCore(Protocol):
     """Control routing id -> session."""
     rooms: Rooms | None
     """The chat domain (nicks, rooms, membership); set once started."""
+    access: RoomAccess | None
+    """Who may join and see each room (owners, locks, keys, bans); set once started."""
     store: Store | None
     """The room-event store; set once started."""
 
@@ -197,6 +200,10 @@ class Service:
 
     def on_session_end(self, session: ClientSession, reason: str) -> None:
         """``session`` is ending (BYE, heartbeats stopped, nick changed): ``reason`` says which."""
+
+    def on_session_open(self, session: ClientSession) -> None:
+        """``session`` was opened by a HELLO (its WELCOME is not sent yet: what a service
+        sends it from here goes after the WELCOME only from a greenlet of its own)."""
 
     def on_session_moved(self, session: ClientSession, old_routing_id: bytes) -> None:
         """``session`` was resumed on a new connection: ``session.routing_id`` is the new one,

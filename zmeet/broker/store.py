@@ -38,6 +38,16 @@ CREATE TABLE IF NOT EXISTS nicks (
     seen_ms       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS nicks_key ON nicks (key);
+CREATE TABLE IF NOT EXISTS room_access (room TEXT PRIMARY KEY, rules TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS direct_messages (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT    NOT NULL,
+    id        TEXT    NOT NULL,
+    sender    TEXT    NOT NULL,
+    text      TEXT    NOT NULL,
+    ts_ms     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS direct_messages_to ON direct_messages (recipient, seq);
 """
 
 _COLUMNS = "room, seq, id, ts_ms, type, sender, text"
@@ -141,6 +151,43 @@ class Store:
                     self._db.execute("DELETE FROM nicks WHERE nick = ?", (old,))
                     extra -= 1
         return self.nick_owner(nick) == key
+
+    # room access (zmeet.chat.access) and stored direct messages (docs/protocol.md 3.16) ----
+
+    def room_access(self, room: str) -> str | None:
+        """The JSON rules of ``room`` (:class:`zmeet.chat.access.Access`), or None."""
+        row = self._db.execute("SELECT rules FROM room_access WHERE room = ?",
+                               (room,)).fetchone()
+        return row[0] if row else None
+
+    def set_room_access(self, room: str, rules: str) -> None:
+        with self._db:
+            self._db.execute("INSERT INTO room_access VALUES (?, ?) ON CONFLICT(room) "
+                             "DO UPDATE SET rules = excluded.rules", (room, rules))
+
+    def store_direct(self, recipient: str, id_: str, sender: str, text: str,
+                     ts_ms: int) -> None:
+        """Keep a direct message for ``recipient`` until :meth:`take_directs`."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO direct_messages (recipient, id, sender, text, ts_ms) "
+                "VALUES (?, ?, ?, ?, ?)", (recipient, id_, sender, text, ts_ms))
+
+    def directs_waiting(self, recipient: str) -> int:
+        (n,) = self._db.execute("SELECT COUNT(*) FROM direct_messages WHERE recipient = ?",
+                                (recipient,)).fetchone()
+        return n
+
+    def take_directs(self, recipient: str) -> list[tuple[str, str, str, int]]:
+        """The direct messages kept for ``recipient``, oldest first, as ``(id, sender, text,
+        ts_ms)``, removed from the store in the same transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            rows = self._db.execute(
+                "SELECT id, sender, text, ts_ms FROM direct_messages WHERE recipient = ? "
+                "ORDER BY seq", (recipient,)).fetchall()
+            self._db.execute("DELETE FROM direct_messages WHERE recipient = ?", (recipient,))
+        return [tuple(r) for r in rows]
 
     def chat_count(self, room: str) -> int:
         """How many chat messages ``room`` has stored."""

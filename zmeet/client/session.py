@@ -34,6 +34,7 @@ from .. import protocol as p
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerKeyChanged, BrokerUnavailable, InsecureBroker, NickInUse, Refused
 from ..protocol import clone
+from ..protocol import privacy as pp
 from ..protocol.clone import LinkState, Notice
 from ..protocol.limits import MAX_HISTORY
 from ..zmqio import recv_rest, send_parts
@@ -117,7 +118,9 @@ class Session:
         """Callables given each WELCOME, the first and those after a reconnect (the media lane
         takes its new ``media_token`` from them)."""
         self.endpoints: dict[str, str] = {}
-        self.direct_handlers: dict[type, Callable[[p.Message], None]] = {}
+        self.direct_handlers: dict[type, Callable[[p.Message], None]] = {
+            pp.Kicked: self._on_kicked,  # type: ignore[dict-item]
+        }
         """``{Direct subclass: handler}``: such a message goes to its handler (on the hub; it
         must not block) instead of :attr:`events` (the media publisher takes MEDIA-DEMAND)."""
         self.member_listeners: list = []
@@ -347,16 +350,17 @@ class Session:
         assert isinstance(reply, p.Posted)
         return reply
 
-    def join(self, room: str, history: int = -1) -> p.Joined:
-        """Subscribe to ``room``, JOIN it, and queue its history (chat messages, oldest first)
-        on :attr:`events`, followed by live events in order."""
+    def join(self, room: str, history: int = -1, key: str = "") -> p.Joined:
+        """Subscribe to ``room``, JOIN it (with ``key``, for a room that has one), and queue
+        its history (chat messages, oldest first) on :attr:`events`, followed by live events in
+        order."""
         if self._clone.is_joined(room):  # already in: nothing to redo
             joined = self.request(p.Join, room=room, history=0)
             assert isinstance(joined, p.Joined)
             return joined
         self._run(self._clone.join_started(room))
         try:
-            joined = self.request(p.Join, room=room, history=history)
+            joined = self.request(p.Join, room=room, history=history, key=key)
         except BaseException:
             self._run(self._clone.join_failed(room))
             raise
@@ -368,6 +372,42 @@ class Session:
         """LEAVE ``room`` and stop listening to it."""
         self.request(p.Leave, room=room)
         self._run(self._clone.left(room))
+
+    # private rooms and direct messages (docs/protocol.md 3.16) --------------------------------
+
+    def lock(self, room: str, locked: bool = True) -> None:
+        """Make ``room`` invite-only (or open again). Owners only: Refused 403."""
+        self.request(pp.Lock, room=room, locked=locked)
+
+    def set_key(self, room: str, key: str) -> None:
+        """Give ``room`` a key that JOIN must present (``""``: none). Owners only."""
+        self.request(pp.SetKey, room=room, key=key)
+
+    def invite(self, room: str, nick: str) -> None:
+        self.request(pp.Invite, room=room, nick=nick)
+
+    def kick(self, room: str, nick: str, reason: str = "") -> None:
+        self.request(pp.Kick, room=room, nick=nick, reason=reason)
+
+    def ban(self, room: str, nick: str, banned: bool = True) -> None:
+        self.request(pp.Ban, room=room, nick=nick, banned=banned)
+
+    def add_owner(self, room: str, nick: str) -> None:
+        self.request(pp.AddOwner, room=room, nick=nick)
+
+    def send_direct(self, to: str, text: str) -> pp.Sent:
+        """Send ``text`` to the nick ``to`` alone, over the control lane; returns SENT
+        (``stored`` if ``to`` is offline and will get it when it next connects). Raises
+        Refused 404 for a nick nobody has."""
+        reply = self.request(pp.SendDirect, to=to, text=text)
+        assert isinstance(reply, pp.Sent)
+        return reply
+
+    def _on_kicked(self, kicked: pp.Kicked) -> None:
+        """An owner removed this nick from a room: leave it as after LEAVE, and tell the
+        application (the KICKED on :attr:`events`)."""
+        self._run(self._clone.left(kicked.room))
+        self.events.put(kicked)
 
     def members(self, room: str) -> tuple[str, ...]:
         """The nicks in ``room`` (this one included), in join order, as this session knows

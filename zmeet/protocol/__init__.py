@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from . import files as files  # registers the file messages (docs/protocol.md, "Files")
 from . import games as games  # registers the game messages (docs/protocol.md, "Games")
+from . import privacy as privacy  # registers private rooms and direct messages (3.16)
 from .codec import (
     HEARTBEAT_TOPIC,
     decode,

@@ -76,7 +76,7 @@ __all__ = [
 CATCH_UP_TO = 2**62
 """The open upper bound of a catch-up fill (3.7.2 step 5): fill until a reply comes back short."""
 
-PRESENCE_TYPES = ("join", "leave", "gone")
+PRESENCE_TYPES = ("join", "leave", "gone", "kick")
 """Room event types that change the member list (the Clone pattern's updates)."""
 
 

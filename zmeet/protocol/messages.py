@@ -77,12 +77,13 @@ class Hello(Request):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Join(Request):
-    """Join ``room`` and get its last ``history`` chat messages (-1: the broker's default).
-    Reply: :class:`Joined`."""
+    """Join ``room`` and get its last ``history`` chat messages (-1: the broker's default),
+    with ``key`` for a room that has one (3.16). Reply: :class:`Joined`."""
 
     COMMAND: ClassVar[bytes] = b"JOIN"
     room: str
     history: int = -1
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
