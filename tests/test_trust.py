@@ -392,3 +392,21 @@ def test_an_insecure_broker_says_so_and_clients_need_insecure_too(tmp_path):
         assert "WITHOUT encryption" in allowed.stderr
     finally:
         broker.stop()
+
+
+def test_the_broker_will_not_start_without_its_own_zap_handler(tmp_path):
+    """libzmq lets every peer in when no ZAP handler answers: a broker whose context already
+    has a handler bound (not its own) refuses to start, and binds nothing."""
+    from zmeet.broker import Broker, BrokerConfig
+    from zmeet.broker.zap import ZAP_ENDPOINT
+    context = zmq_green.Context()
+    squatter = context.socket(zmq.REP)
+    squatter.bind(ZAP_ENDPOINT)
+    broker = Broker(BrokerConfig(address="tcp://127.0.0.1:*", data_dir=tmp_path), context)
+    try:
+        with pytest.raises(zmq.ZMQError):
+            broker.start()
+        assert broker.endpoints == {}
+    finally:
+        squatter.close(linger=0)
+        context.term()
