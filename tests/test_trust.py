@@ -317,6 +317,8 @@ def test_an_eavesdropper_on_loopback_reads_no_chat(make_broker, connect, wait_fo
         secret = "the exam answers are 42 and 17"
         alice.say("secret-room", secret)
         wait_for(bob, is_chat(secret))
+        pixels = b"PIXELS-OF-THE-WHITEBOARD-" * 40  # a media frame's payload
+        _one_frame_through(alice, bob, broker, pixels)
         alice.close()
         bob.close()
     finally:
@@ -325,10 +327,38 @@ def test_an_eavesdropper_on_loopback_reads_no_chat(make_broker, connect, wait_fo
     data = pcap.read_bytes()
     assert len(data) > 1000
     if insecure:
-        assert secret.encode() in data and b"NULL" in data
+        assert secret.encode() in data and pixels[:50] in data and b"NULL" in data
     else:
         assert secret.encode() not in data and b"secret-room" not in data
+        assert b"PIXELS-OF-THE" not in data
         assert b"CURVE" in data and b"NULL\x00" not in data.replace(b"CURVE", b"")
+
+
+def _one_frame_through(alice: Session, bob: Session, broker, payload: bytes) -> None:
+    """alice sends one video frame with ``payload`` in ``secret-room`` (on her own media
+    DEALER, with her token and key) until bob's SUB receives it."""
+    ctx = zmq_green.Context.instance()
+    sub = bob.secure(ctx.socket(zmq.SUB))
+    sender = alice.secure(ctx.socket(zmq.DEALER))
+    try:
+        for sock in (sub, sender):
+            sock.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, p.media_topic("secret-room", "alice", "video"))
+        sub.connect(broker.endpoints["media_out"])
+        sender.setsockopt(zmq.IDENTITY, alice.welcome.media_token)
+        sender.connect(broker.endpoints["media_in"])
+        meta = msgpack.packb({"room": "secret-room", "kind": "video", "seq": 0,
+                              "capture_ts_us": 0, "pts_ms": 0, "width": 1, "height": 1,
+                              "fps": 1.0, "codec": "jpeg"})
+        with gevent.Timeout(WAIT_S):
+            while True:  # until the subscription is live: the frame comes back
+                sender.send_multipart([HEADER, b"FRAME", meta, payload])
+                if sub.poll(50):
+                    assert sub.recv_multipart()[-1] == payload
+                    return
+    finally:
+        sub.close(linger=0)
+        sender.close(linger=0)
 
 
 def test_request_to_a_dead_address_is_broker_unavailable(tmp_path):
