@@ -200,11 +200,16 @@ def test_history_survives_a_broker_restart(make_broker, connect, wait_for, chat)
 # --- refusals --------------------------------------------------------------------------------
 
 
-def test_nick_collision_gives_nick_in_use_and_the_holder_keeps_working(connect, wait_for, chat):
-    alice = connect("alice")
+def test_nick_collision_gives_nick_in_use_and_the_holder_keeps_working(make_broker, connect,
+                                                                       wait_for, chat):
+    """On an insecure broker there are no keys to tell people apart: a second connection
+    asking for a nick in use gets NICK_IN_USE (on a secure one, another key gets
+    NICK_REGISTERED, and the nick's own key may hold it on several connections)."""
+    insecure = make_broker(insecure=True)
+    alice = connect("alice", insecure)
     alice.join("lobby")
     with pytest.raises(NickInUse) as info:
-        connect("alice")
+        connect("alice", insecure)
     assert info.value.code == p.ErrorCode.NICK_IN_USE
     assert isinstance(info.value, Refused)
     posted = alice.say("lobby", "still me")
@@ -212,16 +217,38 @@ def test_nick_collision_gives_nick_in_use_and_the_holder_keeps_working(connect, 
     assert alice.info("lobby").members == ("alice",)
 
 
-def test_refused_hello_leaves_the_existing_session_alone(connect, raw_dealer, roundtrip,
-                                                        person):
-    """A HELLO for a nick in use changes nothing, also for a client that has a session (here
-    alice's own key on a second connection, with no ``resume``: NICK_IN_USE)."""
+def test_one_key_holds_its_nick_on_several_connections_as_one_person(connect, wait_for, chat):
+    """alice in `zmeet join` and a `zmeet say` of hers beside it: two sessions, one member.
+    The second one's JOIN and BYE make no join or leave events; the nick leaves a room with
+    the last of its sessions in it, and is released with its last session."""
+    alice, bob = connect("alice"), connect("bob")
+    for s in (alice, bob):
+        s.join("lobby")
+    second = connect("alice")  # the same key (the same person): welcome
+    assert second.join("lobby").members == ("alice", "bob")
+    second.say("lobby", "from my other terminal")
+    second.join("side")
+    second.close()  # BYE: alice stays in lobby (her first session is in it), leaves side
+    alice.say("lobby", "still here")
+    seen = room_events(wait_for(bob, chat("still here")), "lobby")
+    assert [e.type for e in seen if e.sender == "alice"] == ["chat", "chat"]
+    assert bob.info("lobby").members == ("alice", "bob")
+    assert bob.info("side").members == ()
+    alice.close()
+    gone = room_events(wait_for(bob, lambda e: isinstance(e, p.RoomEvent)
+                                and e.type in ("leave", "gone")), "lobby")
+    assert (gone[-1].type, gone[-1].sender) == ("leave", "alice")
+
+
+def test_refused_hello_leaves_the_existing_session_alone(connect, raw_dealer, roundtrip):
+    """A HELLO for a nick registered to another key changes nothing, also for a client that
+    has a session."""
     connect("alice")
-    dealer = raw_dealer(identity=person("alice"))
+    dealer = raw_dealer()
     assert isinstance(roundtrip(dealer, p.encode(p.Hello(req_id=1, nick="bob"))), p.Welcome)
     assert isinstance(roundtrip(dealer, p.encode(p.Join(req_id=2, room="lobby"))), p.Joined)
     error = roundtrip(dealer, p.encode(p.Hello(req_id=3, nick="alice")))
-    assert (error.req_id, error.code) == (3, p.ErrorCode.NICK_IN_USE)
+    assert (error.req_id, error.code) == (3, p.ErrorCode.NICK_REGISTERED)
     error = roundtrip(dealer, p.encode(p.Hello(req_id=4, nick="not a nick")))
     assert (error.req_id, error.code) == (4, p.ErrorCode.INVALID_NAME)
     info = roundtrip(dealer, p.encode(p.Info(req_id=5, room="lobby")))

@@ -205,17 +205,26 @@ def test_tail_times_out_without_enough_events(broker):
     assert "timed out" in "\n".join(tail.stderr)
 
 
-def test_nick_in_use_is_refused_and_holder_keeps_it(broker):
+def test_a_nick_is_its_keys_another_key_is_refused_and_its_own_says_beside_join(broker,
+                                                                                tmp_path):
     holder = zmeet("join", "lobby", "--nick", "alice", "--no-display", stdin=True, broker=broker)
     holder.expect(r"joined #lobby as alice")
-    refused = zmeet("say", "lobby", "I am alice too", "--nick", "alice", broker=broker)
+    other = str(tmp_path / "mallory.key_secret")
+    refused = zmeet("say", "lobby", "I am alice too", "--nick", "alice", "--identity", other,
+                    broker=broker)
     assert refused.wait() == 1
-    assert "in use" in "\n".join(refused.stderr)
+    assert "registered to another key" in "\n".join(refused.stderr)
+    beside = zmeet("say", "lobby", "from my other terminal", "--nick", "alice", broker=broker)
+    assert beside.wait() == 0, beside.stderr
+    holder.expect(r"<alice> from my other terminal")
     holder.send("still here")
     holder.expect(r"<alice> still here")
     holder.send("/quit")
     assert holder.wait() == 0
     assert not any("I am alice too" in line for line in holder.stdout)
+    # the second terminal's JOIN and BYE were no join or leave of alice's
+    assert not any("* alice joined" in line or "* alice left" in line
+                   for line in holder.stdout), holder.stdout
 
 
 def test_oversize_message_is_refused_not_truncated(broker):

@@ -59,10 +59,12 @@ class ChatService(Service):
         connection's CURVE key is ``key`` (Z85; empty on an insecure broker): WELCOME.
 
         A nick belongs to the key that first said HELLO with it (registered in the store);
-        another key is refused NICK_REGISTERED. A nick held by a live session is refused
-        NICK_IN_USE, unless ``req.resume`` names that session's connection and the same key
-        asks: then the session moves to this connection (a client that reconnected). A new
-        nick ends the old session first; a refused one leaves it alone. Raises Refused
+        another key is refused NICK_REGISTERED. Its own key may hold it on several connections
+        at once, each a session (one person on several terminals); ``req.resume`` naming one
+        of them moves that session to this connection instead (a client that reconnected).
+        On an insecure broker a nick is held by one connection: another gets NICK_IN_USE
+        unless it resumes. A new nick ends the old session first; a refused one leaves it
+        alone. Raises Refused
         NICK_IN_USE, NICK_REGISTERED, INVALID_NAME, NO_SESSION (a secure lane without a key).
         A key keeps its MAX_NICKS_PER_KEY most recently used nicks registered."""
         rooms, broker = self._rooms, self.broker
@@ -75,14 +77,23 @@ class ChatService(Service):
             raise Refused(p.ErrorCode.NICK_REGISTERED,
                           f"nick {req.nick!r} is registered to another key "
                           f"({fingerprint(owner)}); choose another nick")
+        if session is not None and session.nick == req.nick:
+            return self._welcome(req, session)  # HELLO again: the same session
+        person = key if secure else routing_id  # who holds a nick: a key, or a connection
         holder = rooms.holder(req.nick)
-        if holder is not None and holder != routing_id:
+        if holder is not None and holder != person:
+            # insecure: another connection holds it; it may be this client's own, resumed
             held = broker.sessions.get(holder) if isinstance(holder, bytes) else None
             if (session is None and req.resume and req.resume == holder and held is not None
                     and held.key == key):
                 broker.move_session(held, routing_id)
                 return self._welcome(req, held)
             raise Refused(p.ErrorCode.NICK_IN_USE, f"nick {req.nick!r} is in use")
+        if secure and holder == person and session is None and req.resume:
+            held = broker.sessions.get(req.resume)
+            if held is not None and held.key == key and held.nick == req.nick:
+                broker.move_session(held, routing_id)  # this client, on a new connection
+                return self._welcome(req, held)
         if secure:
             in_use = frozenset(s.nick for s in broker.sessions.values() if s.key == key)
             if not self._store.register_nick(req.nick, key, broker.clock.wall_ms(),
@@ -91,13 +102,12 @@ class ChatService(Service):
                               f"nick {req.nick!r} is registered to another key")
             if owner is None:
                 log.info("nick %s registered to key %s", req.nick, fingerprint(key))
-        if session is not None and session.nick != req.nick:
+        if session is not None:  # a new nick: the old session ends first
             broker.end_session(session, "leave", "new nick")
-            session = None
-        rooms.claim_nick(req.nick, routing_id)  # raises NICK_IN_USE, INVALID_NAME
-        if session is None:
-            session = broker.open_session(routing_id, req.nick, key)
-            log.info("%s connected (%s)", req.nick, req.client or "unknown client")
+        rooms.claim_nick(req.nick, person)  # raises INVALID_NAME; a no-op for its holder
+        session = broker.open_session(routing_id, req.nick, key)
+        log.info("%s connected (%s)%s", req.nick, req.client or "unknown client",
+                 " on another connection" if len(broker.sessions_of(req.nick)) > 1 else "")
         return self._welcome(req, session)
 
     def _welcome(self, req: p.Hello, session: ClientSession) -> p.Welcome:
@@ -132,6 +142,7 @@ class ChatService(Service):
             rooms.room(req.room)  # validates the name first
             access.check_join(req.room, nick, req.key)  # 403: banned, invite-only, key
         event = rooms.join(req.room, nick)
+        session.rooms.add(req.room)
         if event is not None:
             self.broker.publish_events([event])
             access.joined(req.room, nick)  # its first member owns it
@@ -147,6 +158,10 @@ class ChatService(Service):
         )
 
     def _leave(self, session: ClientSession, req: p.Leave) -> p.Reply:
+        session.rooms.discard(req.room)
+        if any(req.room in other.rooms for other in self.broker.sessions_of(session.nick)
+               if other is not session):
+            return p.Ok(req_id=req.req_id)  # the nick stays: another of its sessions is in it
         self.broker.publish_events([self._rooms.leave(req.room, session.nick)])
         log.info("%s left %s", session.nick, req.room)
         return p.Ok(req_id=req.req_id)

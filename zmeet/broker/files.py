@@ -801,9 +801,7 @@ class FilesService(Service):
         broker = self.broker
         offer = pf.FileOffer(file=info)
         if not info.room:
-            recipient = broker.session_of(info.to)
-            if recipient is not None:
-                broker.send_direct(recipient, offer)
+            broker.send_to_nick(info.to, offer)  # each of the recipient's terminals
             return
         rooms = broker.rooms
         assert rooms is not None

@@ -196,8 +196,9 @@ class GamesService(Service):
         # says HELLO with a new nick must not leave reads behind to dodge the per-session limit
         if self._reads_of.pop(session.routing_id, None):
             self._reads = deque(d for d in self._reads if d.session is not session)
-        self.arena.disconnected(session.nick)
-        self._dispatch(leaving=session.nick)
+        if self.broker.session_of(session.nick) is None:  # its last session: the player left
+            self.arena.disconnected(session.nick)
+            self._dispatch(leaving=session.nick)
 
     def on_session_moved(self, session: ClientSession, old_routing_id: bytes) -> None:
         waiting = self._reads_of.pop(old_routing_id, 0)
@@ -435,9 +436,7 @@ class GamesService(Service):
     def _direct(self, nick: str, message: p.Message) -> None:
         if nick == BOT_NAME:
             return
-        session = self.broker.session_of(nick)
-        if session is not None:
-            self.broker.send_direct(session, message)
+        self.broker.send_to_nick(nick, message)  # each of the player's terminals
 
     def _send_state(self, table: Table, leaving: str = "") -> None:
         public = pg.GameState(game=self.view(table, None))

@@ -84,9 +84,7 @@ class PrivacyService(Service):
         check_room(req.room)
         check_nick(req.nick)
         self._access.invite(req.room, session.nick, req.nick)
-        invitee = self.broker.session_of(req.nick)
-        if invitee is not None:
-            self.broker.send_direct(invitee, pp.Invited(room=req.room, by=session.nick))
+        self.broker.send_to_nick(req.nick, pp.Invited(room=req.room, by=session.nick))
         return p.Ok(req_id=req.req_id)
 
     def _owner(self, session: ClientSession, req: pp.AddOwner) -> p.Reply:
@@ -118,10 +116,10 @@ class PrivacyService(Service):
         text = f"by {by}: {reason}" if reason else f"by {by}"
         event = self._rooms.leave(room, nick, type_=pp.KICK_EVENT_TYPE, reason=text)
         self.broker.publish_events([event])
-        kicked = self.broker.session_of(nick)
-        if kicked is not None:
-            self.broker.send_direct(kicked, pp.Kicked(room=room, by=by, reason=reason,
-                                                      banned=banned))
+        for kicked in self.broker.sessions_of(nick):
+            kicked.rooms.discard(room)
+        self.broker.send_to_nick(nick, pp.Kicked(room=room, by=by, reason=reason,
+                                                 banned=banned))
         log.info("%s %s %s from %s", by, "banned" if banned else "kicked", nick, room)
 
     # direct messages ----------------------------------------------------------------------
@@ -131,12 +129,10 @@ class PrivacyService(Service):
         check_text(req.text)
         if not req.text.strip():
             raise Refused(p.ErrorCode.BAD_REQUEST, "empty message")
-        recipient = self.broker.session_of(req.to)
         message_id = secrets.token_hex(8)
         ts_ms = self.broker.clock.wall_ms()
-        if recipient is not None:
-            self.broker.send_direct(recipient, pp.DirectMessage(
-                id=message_id, sender=session.nick, text=req.text, ts_ms=ts_ms))
+        if self.broker.send_to_nick(req.to, pp.DirectMessage(
+                id=message_id, sender=session.nick, text=req.text, ts_ms=ts_ms)):
             return pp.Sent(req_id=req.req_id, id=message_id, ts_ms=ts_ms, stored=False)
         if not self.broker.secure or self._store.nick_owner(req.to) is None:
             raise Refused(p.ErrorCode.NOT_FOUND, f"nobody is called {req.to!r} here")

@@ -216,6 +216,8 @@ class Broker:
         self.epoch = secrets.token_hex(8)
         self.endpoints: dict[str, str] = {}
         self.sessions: dict[bytes, ClientSession] = {}
+        self._sessions_of: dict[str, list[ClientSession]] = {}
+        """Nick -> its sessions, oldest first (several: one key on several connections)."""
         self._by_token: dict[bytes, ClientSession] = {}
         self.media: MediaLane | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -634,6 +636,7 @@ class Broker:
         session = ClientSession(routing_id, nick, b"m" + secrets.token_bytes(15),
                                 self.clock.monotonic_s(), key=key)
         self.sessions[routing_id] = session
+        self._sessions_of.setdefault(nick, []).append(session)
         self._by_token[session.media_token] = session
         for service in self.services:
             try:
@@ -655,7 +658,8 @@ class Broker:
         self._by_token.pop(session.media_token, None)
         session.media_token = b"m" + secrets.token_bytes(15)
         self._by_token[session.media_token] = session
-        self.rooms.move_nick(session.nick, routing_id)
+        if self.rooms.holder(session.nick) == old:  # insecure: a nick is held by a routing id
+            self.rooms.move_nick(session.nick, routing_id)
         for service in self.services:
             try:
                 service.on_session_moved(session, old)
@@ -684,15 +688,27 @@ class Broker:
         }
 
     def end_session(self, session: ClientSession, type_: str, reason: str) -> None:
-        """End ``session``: every service hears it, its nick leaves its rooms (events of
-        ``type_``, ``leave`` or ``gone``, with ``reason``) and it is forgotten."""
+        """End ``session``: every service hears it, and it is forgotten. Its nick leaves the
+        rooms that no other session of it is in (events of ``type_``, ``leave`` or ``gone``,
+        with ``reason``), and is released with its last session."""
         assert self.rooms is not None
+        others = [s for s in self._sessions_of.get(session.nick, ()) if s is not session]
+        if others:
+            self._sessions_of[session.nick] = others
+        else:
+            self._sessions_of.pop(session.nick, None)
         for service in self.services:
             try:
                 service.on_session_end(session, reason)
             except Exception:
                 log.exception("service %s failed on the end of %s", service.name, session.nick)
-        events = self.rooms.release_nick(session.nick, type_, reason)
+        if others:
+            still = set().union(*(s.rooms for s in others))
+            events = [self.rooms.leave(room, session.nick, type_=type_, reason=reason)
+                      for room in sorted(session.rooms - still)
+                      if self.rooms.is_member(room, session.nick)]
+        else:
+            events = self.rooms.release_nick(session.nick, type_, reason)
         try:
             self.publish_events(events)
         except Refused:
@@ -704,10 +720,20 @@ class Broker:
     # for services ---------------------------------------------------------------------------
 
     def session_of(self, nick: str) -> ClientSession | None:
-        """The session holding ``nick``, or None."""
-        assert self.rooms is not None
-        routing_id = self.rooms.holder(nick)  # the owner claim_nick was given: a routing id
-        return self.sessions.get(routing_id) if isinstance(routing_id, bytes) else None
+        """The newest session holding ``nick``, or None (nobody has it online)."""
+        sessions = self._sessions_of.get(nick)
+        return sessions[-1] if sessions else None
+
+    def sessions_of(self, nick: str) -> tuple[ClientSession, ...]:
+        """Every session holding ``nick``, oldest first: one person on several connections."""
+        return tuple(self._sessions_of.get(nick, ()))
+
+    def send_to_nick(self, nick: str, message: p.Message) -> int:
+        """Send ``message`` (a Direct) to every session of ``nick``; returns how many."""
+        sessions = self._sessions_of.get(nick, ())
+        for session in sessions:
+            self.send_direct(session, message)
+        return len(sessions)
 
     def send_direct(self, session: ClientSession, message: p.Message) -> None:
         """Send ``session`` a message it did not ask for (a :class:`~zmeet.protocol.Direct`) on

@@ -139,7 +139,15 @@ class BrokerCore(Protocol):
         ...
 
     def session_of(self, nick: str) -> ClientSession | None:
-        """The session holding ``nick``, or None."""
+        """The newest session holding ``nick``, or None."""
+        ...
+
+    def sessions_of(self, nick: str) -> tuple[ClientSession, ...]:
+        """Every session holding ``nick`` (one key may hold it on several connections)."""
+        ...
+
+    def send_to_nick(self, nick: str, message: p.Message) -> int:
+        """Send a Direct to every session of ``nick``; returns how many."""
         ...
 
     def defer(self, session: ClientSession, request: p.Request) -> Deferred:

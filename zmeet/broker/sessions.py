@@ -30,6 +30,9 @@ class ClientSession:
     media_token: bytes
     last_seen: float
     key: str = ""
+    rooms: set[str] = field(default_factory=set)
+    """The rooms this session joined. A nick is in a room while any of its sessions is: one
+    person (one key) may hold a nick on several connections at once (docs/protocol.md 3.6)."""
     replies: OrderedDict[int, Any] = field(default_factory=OrderedDict)
     """Per ``req_id``, the reply frames sent (``list[bytes]``), or the
     :class:`~zmeet.broker.service.Deferred` still pending; at most REPLY_CACHE_SIZE, oldest
