@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from .. import protocol as p
-from ..chat import Rooms, check_nick
+from ..chat import Rooms, check_nick, check_room
 from ..errors import Refused
 from ..protocol.limits import MAX_HISTORY
 from .service import Handler, Service
@@ -116,7 +116,7 @@ class ChatService(Service):
     def _history(self, session: ClientSession, req: p.History) -> p.Reply:
         rooms = self._rooms
         self.broker.commit()  # what the store returns must include this batch's events
-        rooms.room(req.room)  # validates the name
+        check_room(req.room)
         if not rooms.is_member(req.room, session.nick):
             raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
         if req.after_seq < 0:

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,7 @@ from ..protocol.limits import (
 from ..zmqio import recv_rest, send_parts
 from .chat import ChatService
 from .media import MediaLane, native_forwarder
+from .ratelimit import DEFAULT_RATE_LIMITS, Rate, RateLimiter
 from .service import TICK_INTERVAL_S, Deferred, Handler, Service, ServiceFactory
 from .sessions import ClientSession
 from .store import Store
@@ -136,6 +137,11 @@ class BrokerConfig:
     (:mod:`zmeet.broker.media`'s Python loop) or ``auto`` (native if it was built). Same
     protocol, same checks; native costs a third of the CPU per frame. :meth:`Broker.start`
     raises RuntimeError for ``native`` when the module was not built."""
+    rate_limits: dict[str, Rate] | None = field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    """Token buckets per identity and request class (:mod:`zmeet.broker.ratelimit`; told in
+    WELCOME.limits); a class left out is not limited, None turns them all off
+    (``--no-rate-limits``, for benchmarks)."""
 
     def endpoints(self) -> dict[str, str]:
         derived = derive_endpoints(self.control)
@@ -198,7 +204,10 @@ class Broker:
         self.rooms: Rooms | None = None
         self.services: list[Service] = []
         self._handlers: dict[type, Handler] = {}
-        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0}
+        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0,
+                      "rate_limited": 0}
+        self.rate_limiter: RateLimiter | None = None
+        """The flood limits of the control lane (None: off), checked before any handler."""
 
     @property
     def clock(self) -> Clock:
@@ -211,6 +220,8 @@ class Broker:
         cfg = self.config
         # a bad media forwarder fails here, before anything is opened
         native = native_forwarder(cfg.media_forwarder)
+        if cfg.rate_limits is not None:  # an unknown class raises ValueError here
+            self.rate_limiter = RateLimiter(cfg.rate_limits, cfg.clock)
         self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
         ids = itertools.count(1)
         # message ids: this run's epoch and a counter (unique across restarts, 7x cheaper
@@ -359,6 +370,8 @@ class Broker:
             else:
                 for event in batch.events:
                     send_parts(self._events_raw, p.encode_published(event))
+        if stored and self.rooms is not None:  # every event is stored: empty rooms can go
+            self.rooms.free_idle()
         for routing_id, frames, needs_store, req_id in batch.out:
             if needs_store and not stored:
                 frames = p.encode(p.Error(req_id=req_id, code=p.ErrorCode.INTERNAL_ERROR,
@@ -410,6 +423,8 @@ class Broker:
                 if not isinstance(cached, Deferred):  # pending: nothing more to send yet
                     self._send(routing_id, cached)
                 return
+        if self.rate_limiter is not None and self._rate_limited(routing_id, session, request):
+            return
         batch = self._batch
         events_before = len(batch.events) if batch is not None else 0
         try:
@@ -435,6 +450,35 @@ class Broker:
         session = self.sessions.get(routing_id)
         if session is not None and not isinstance(request, p.Ping):
             session.remember(request.req_id, frames_out)
+
+    def rate_identity(self, routing_id: bytes, session: ClientSession | None,
+                      request: p.Request) -> Hashable:
+        """Whose bucket ``request`` takes from: the session's nick, or for HELLO the
+        connection's routing id (a CURVE key and the peer address once keys name people)."""
+        if session is None or isinstance(request, p.Hello):
+            return routing_id
+        return session.nick
+
+    def _rate_limited(self, routing_id: bytes, session: ClientSession | None,
+                      request: p.Request) -> bool:
+        """Count ``request`` against its bucket; if it is over, answer ERROR RATE_LIMITED with
+        ``retry_after_ms`` (not remembered in the reply cache: nothing was applied) and return
+        True. Requests before HELLO are not counted (they get NO_SESSION)."""
+        limiter = self.rate_limiter
+        assert limiter is not None
+        if session is None and not isinstance(request, p.Hello):
+            return False
+        retry_after_ms = limiter.check(type(request), self.rate_identity(routing_id, session,
+                                                                          request))
+        if not retry_after_ms:
+            return False
+        self.stats["rate_limited"] += 1
+        name = limiter.class_of(type(request))
+        self._send(routing_id, p.encode(p.Error(
+            req_id=request.req_id, code=p.ErrorCode.RATE_LIMITED,
+            reason=f"rate limited: {name} requests at most {limiter.limits[str(name)]}",
+            retry_after_ms=retry_after_ms)))
+        return True
 
     def _dispatch(
         self, routing_id: bytes, session: ClientSession | None, req: p.Request
@@ -533,6 +577,7 @@ class Broker:
             "heartbeat_interval_ms": self.config.heartbeat_interval_ms,
             "heartbeat_liveness": self.config.heartbeat_liveness,
             "max_file_size": self.config.max_file_size,
+            **(self.rate_limiter.advertised() if self.rate_limiter is not None else {}),
         }
 
     def end_session(self, session: ClientSession, type_: str, reason: str) -> None:
