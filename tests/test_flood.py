@@ -1,0 +1,197 @@
+"""Flood limits and bounded state on a live broker, over real loopback sockets.
+
+The ``broker`` fixture runs the default limits (DEFAULT_RATE_LIMITS), as ``zmeet broker``
+does; the tests here that count refusals set their own small limits, and the one that makes
+100,000 rooms lifts them (``rate_limits=None``) to reach the room table's bound at all.
+"""
+
+from __future__ import annotations
+
+import gevent
+import msgpack
+import pytest
+from click.testing import CliRunner
+
+from zmeet import protocol as p
+from zmeet.broker.ratelimit import DEFAULT_RATE_LIMITS, Rate
+from zmeet.errors import RateLimited
+
+FLOOD = 20_000
+"""SAYs a flooding client pipelines."""
+
+
+def _replies(dealer, recv, n: int, timeout_s: float = 30.0) -> list[p.Message]:
+    """The next ``n`` replies on ``dealer``, under one deadline."""
+    out: list[p.Message] = []
+    with gevent.Timeout(timeout_s, AssertionError(f"{len(out)} of {n} replies")):
+        while len(out) < n:
+            out.append(recv(dealer, timeout_s))
+    return out
+
+
+def _hello(dealer, roundtrip, nick: str, req_id: int = 1) -> p.Welcome:
+    welcome = roundtrip(dealer, p.encode(p.Hello(req_id=req_id, nick=nick)))
+    assert isinstance(welcome, p.Welcome), welcome
+    return welcome
+
+
+@pytest.mark.broker_config(rate_limits={"chat": Rate(count=5, period_ms=250, burst=10)})
+def test_a_flood_of_says_is_refused_with_retry_after_and_then_admitted(
+    broker, raw_dealer, roundtrip, recv
+):
+    dealer = raw_dealer()
+    _hello(dealer, roundtrip, "flooder")
+    assert isinstance(roundtrip(dealer, p.encode(p.Join(req_id=2, room="lobby"))), p.Joined)
+    n = 500
+    for i in range(n):
+        dealer.send_multipart(p.encode(p.Say(req_id=10 + i, room="lobby", text=f"spam {i}")))
+    replies = _replies(dealer, recv, n)  # every request is answered: never a silent drop
+    assert [r.req_id for r in replies] == list(range(10, 10 + n))
+    posted = [r for r in replies if isinstance(r, p.Posted)]
+    refused = [r for r in replies if isinstance(r, p.Error)]
+    assert len(posted) + len(refused) == n
+    assert 10 <= len(posted) < 20  # the burst, and what refilled while the flood went on
+    assert all(r.code == p.ErrorCode.RATE_LIMITED for r in refused)
+    assert all(1 <= r.retry_after_ms <= 50 for r in refused), {r.retry_after_ms for r in refused}
+    assert "chat" in refused[0].reason
+    assert broker.stats["rate_limited"] == len(refused)
+    # waiting what the last refusal said is enough
+    gevent.sleep(refused[-1].retry_after_ms / 1000)
+    again = roundtrip(dealer, p.encode(p.Say(req_id=10 + n, room="lobby", text="at last")))
+    assert isinstance(again, p.Posted), again
+    # the refused SAYs were not applied: the room's seq counts the admitted ones
+    assert again.seq == 1 + len(posted) + 1  # the join, the posted, this one
+
+
+def test_another_client_is_served_while_one_floods(broker, connect, raw_dealer, roundtrip, recv):
+    """The default limits: a flood from one nick costs the others nothing of their own
+    buckets, and they are answered while the flood's replies still come."""
+    flooder = raw_dealer()
+    _hello(flooder, roundtrip, "bot")
+    roundtrip(flooder, p.encode(p.Join(req_id=2, room="lobby")))
+    bob = connect("bob")
+    bob.join("lobby")
+    for i in range(FLOOD):
+        flooder.send_multipart(p.encode(p.Say(req_id=10 + i, room="lobby", text="spam")))
+    for i in range(20):  # a person's paste: none refused, none waits
+        assert bob.say("lobby", f"line {i}").seq > 0
+    replies = _replies(flooder, recv, FLOOD, timeout_s=60)
+    refused = [r for r in replies if isinstance(r, p.Error)]
+    assert all(r.code == p.ErrorCode.RATE_LIMITED and r.retry_after_ms > 0 for r in refused)
+    burst = DEFAULT_RATE_LIMITS["chat"].burst
+    assert burst <= FLOOD - len(refused) <= burst + 50  # the burst, and a few refills
+    assert broker.stats["rate_limited"] == len(refused)
+
+
+def test_welcome_tells_the_limits(make_broker, connect):
+    limited = make_broker(rate_limits={"chat": Rate(10, 5000, 30), "hello": Rate(5, 10_000, 10)})
+    limits = connect("alice", limited).welcome.limits
+    assert {k: v for k, v in limits.items() if k.startswith("rate_")} == {
+        "rate_chat_count": 10, "rate_chat_period_ms": 5000, "rate_chat_burst": 30,
+        "rate_hello_count": 5, "rate_hello_period_ms": 10_000, "rate_hello_burst": 10,
+    }
+    lifted = make_broker(rate_limits=None, control="tcp://127.0.0.1:*",
+                         data_dir=limited.config.data_dir.parent / "other")
+    assert not any(k.startswith("rate_") for k in connect("bob", lifted).welcome.limits)
+
+
+def test_the_default_limits_are_told(broker, connect):
+    limits = connect("alice").welcome.limits
+    for name, rate in DEFAULT_RATE_LIMITS.items():
+        assert limits[f"rate_{name}_count"] == rate.count
+        assert limits[f"rate_{name}_period_ms"] == rate.period_ms
+        assert limits[f"rate_{name}_burst"] == rate.burst
+
+
+@pytest.mark.broker_config(rate_limits={"hello": Rate(count=1, period_ms=60_000, burst=2)})
+def test_hello_attempts_from_one_connection_are_limited(broker, raw_dealer, roundtrip):
+    dealer = raw_dealer()
+    _hello(dealer, roundtrip, "a", 1)
+    _hello(dealer, roundtrip, "b", 2)
+    refused = roundtrip(dealer, p.encode(p.Hello(req_id=3, nick="c")))
+    assert isinstance(refused, p.Error) and refused.code == p.ErrorCode.RATE_LIMITED
+    assert 59_000 <= refused.retry_after_ms <= 60_000
+    # the session it has goes on: "b" still holds it, and a limited class is not touched
+    assert isinstance(roundtrip(dealer, p.encode(p.Join(req_id=4, room="lobby"))), p.Joined)
+    assert broker.session_of("b") is not None and broker.session_of("c") is None
+    # another connection has its own bucket
+    _hello(raw_dealer(), roundtrip, "d")
+
+
+@pytest.mark.broker_config(rate_limits={"chat": Rate(count=1, period_ms=100, burst=2)})
+def test_session_say_waits_out_rate_limited(broker, connect):
+    alice = connect("alice")
+    alice.join("lobby")
+    seqs = [alice.say("lobby", f"line {i}").seq for i in range(6)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 6
+    assert broker.stats["rate_limited"] >= 3  # it was refused, and waited, and got through
+    with pytest.raises(RateLimited) as info:  # no waiting allowed: the refusal reaches us
+        for _ in range(5):
+            alice.request(p.Say, room="lobby", text="now", rate_limit_wait_s=0)
+    assert info.value.code == p.ErrorCode.RATE_LIMITED and 1 <= info.value.retry_after_ms <= 100
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.broker_config(rate_limits=None)
+def test_100000_joins_and_leaves_of_distinct_rooms_leave_the_room_table_bounded(
+    broker, raw_dealer, roundtrip, recv
+):
+    """Limits lifted (else the join bucket stops this at its burst): 100,000 JOIN+LEAVE pairs
+    of distinct rooms, pipelined a window at a time, leave no room in memory; the store keeps
+    their events."""
+    dealer = raw_dealer()
+    _hello(dealer, roundtrip, "mallory")
+    assert broker.rooms is not None
+    rooms, window, req_id, peak = 100_000, 1000, 10, 0
+    with gevent.Timeout(240, AssertionError("100,000 JOIN/LEAVE took over 240 s")):
+        for start in range(0, rooms, window):
+            for n in range(start, start + window):
+                dealer.send_multipart(p.encode(p.Join(req_id=req_id, room=f"r{n}", history=0)))
+                dealer.send_multipart(p.encode(p.Leave(req_id=req_id + 1, room=f"r{n}")))
+                req_id += 2
+            replies = _replies(dealer, recv, 2 * window, timeout_s=60)
+            assert all(not isinstance(r, p.Error) for r in replies), replies[:3]
+            peak = max(peak, len(broker.rooms))
+    assert peak <= 2 * window  # never more than what one window had in flight
+    assert len(broker.rooms) == 0
+    info = roundtrip(dealer, p.encode(p.Info(req_id=req_id, room=f"r{rooms - 1}")))
+    assert isinstance(info, p.RoomInfo) and info.last_seq == 2
+
+
+def test_says_and_infos_to_rooms_one_is_not_in_leave_nothing(broker, raw_dealer, roundtrip):
+    dealer = raw_dealer()
+    _hello(dealer, roundtrip, "mallory")
+    assert broker.rooms is not None
+    before = len(broker.rooms)
+    for n in range(20):  # within the default chat and join bursts
+        say = roundtrip(dealer, p.encode(p.Say(req_id=10 + 3 * n, room=f"x{n}", text="hi")))
+        assert isinstance(say, p.Error) and say.code == p.ErrorCode.NOT_MEMBER
+        info = roundtrip(dealer, p.encode(p.Info(req_id=11 + 3 * n, room=f"y{n}")))
+        assert isinstance(info, p.RoomInfo)
+        hist = roundtrip(dealer, p.encode(p.History(req_id=12 + 3 * n, room=f"z{n}",
+                                                    after_seq=0, limit=1)))
+        assert isinstance(hist, p.Error) and hist.code == p.ErrorCode.NOT_MEMBER
+    assert len(broker.rooms) == before
+
+
+def test_an_error_without_retry_after_ms_still_decodes():
+    """An ERROR from a broker older than RATE_LIMITED: the field defaults to 0; a new one
+    always carries it."""
+    body = msgpack.packb({"req_id": 7, "code": 404, "reason": "no such file"})
+    error = p.decode([p.HEADER, b"ERROR", body])
+    assert error == p.Error(req_id=7, code=404, reason="no such file", retry_after_ms=0)
+    frames = p.encode(p.Error(req_id=7, code=420, reason="slow down", retry_after_ms=250))
+    assert msgpack.unpackb(frames[2])["retry_after_ms"] == 250
+    assert p.decode(frames).retry_after_ms == 250
+
+
+def test_the_broker_command_checks_its_rate_limit_options():
+    from zmeet_cli.broker import _rate_limits, broker
+
+    assert _rate_limits(()) == DEFAULT_RATE_LIMITS
+    changed = _rate_limits(("chat=20/10:40", "games=off"))
+    assert changed["chat"] == Rate(20, 10_000, 40) and "games" not in changed
+    runner = CliRunner()
+    for bad in ("chat", "chitchat=1/1", "chat=fast"):
+        result = runner.invoke(broker, ["--rate-limit", bad, "--bind", "tcp://127.0.0.1:*"])
+        assert result.exit_code == 2 and "--rate-limit" in result.output, result.output
