@@ -70,6 +70,10 @@ class Session:
     monotonic time of heartbeat liveness (:data:`zmeet.clock.SYSTEM_CLOCK` by default).
     """
 
+    rate_limit_wait_s: float = RATE_LIMIT_WAIT_S
+    """Most seconds one request waits out RATE_LIMITED refusals in all before
+    :class:`~zmeet.errors.RateLimited` reaches the caller (0: it does at once)."""
+
     def __init__(
         self,
         broker: str,
@@ -193,13 +197,12 @@ class Session:
 
     # requests ---------------------------------------------------------------------------------
 
-    def request(self, cls: type[p.Request], *, timeout_s: float | None = None,
-                rate_limit_wait_s: float = RATE_LIMIT_WAIT_S, **fields) -> p.Reply:
+    def request(self, cls: type[p.Request], *, timeout_s: float | None = None, **fields) -> p.Reply:
         """Send ``cls(req_id=..., **fields)`` and wait for its reply.
 
         A request the broker refuses RATE_LIMITED (docs/protocol.md, "Rate limits") is sent
         again, under a new ``req_id``, once its ``retry_after_ms`` has passed: at most
-        RATE_LIMIT_RETRIES times and ``rate_limit_wait_s`` seconds of waiting in all (0: never).
+        RATE_LIMIT_RETRIES times and :attr:`rate_limit_wait_s` seconds of waiting in all.
 
         Raises :class:`BrokerUnavailable` after ``timeout_s`` without a reply,
         :class:`RateLimited` past those bounds, :class:`NickInUse` or :class:`Refused` for
@@ -211,7 +214,7 @@ class Session:
                 return self._request_once(cls, timeout_s=timeout_s, **fields)
             except RateLimited as exc:
                 wait_s = exc.retry_after_ms / 1000
-                if waited_s + wait_s > rate_limit_wait_s:
+                if waited_s + wait_s > self.rate_limit_wait_s:
                     raise
                 log.debug("%s rate limited: retrying in %d ms", cls.__name__,
                           exc.retry_after_ms)
