@@ -21,9 +21,16 @@ Megamind.avi."""
 
 
 @contextmanager
-def broker_process(*extra: str, ready_line: bool = False):
+def broker_process(*extra: str, ready_line: bool = False, rate_limits: bool = False):
     """A ``zmeet broker`` on random loopback ports in a temporary data dir; yields its
-    endpoints (or, with ``ready_line``, its whole JSON ready line) and its process."""
+    endpoints (or, with ``ready_line``, its whole JSON ready line) and its process.
+
+    Its flood limits are lifted (``--no-rate-limits``, and a line says so) unless
+    ``rate_limits``: a benchmark measures full speed, which the limits exist to refuse."""
+    if not rate_limits:
+        extra = ("--no-rate-limits", *extra)
+        print("benchmark broker: rate limits lifted (zmeet broker --no-rate-limits)",
+              flush=True)
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zmeet_cli.main", "broker", "--bind", "tcp://127.0.0.1:*",

@@ -96,8 +96,9 @@ def broker(control, events, media_in, media_out, data_dir, history, heartbeat_ms
         click.echo(f"zmeet broker ready: control {e['control']} events {e['events']} "
                    f"media-in {e['media_in']} media-out {e['media_out']} "
                    f"data {config.data_dir} ({server.media_forwarder} media forwarder)")
-        if rate_limits is None:
-            click.echo("zmeet broker: rate limits are OFF (--no-rate-limits)", err=True)
+    if rate_limits is None:
+        click.echo("zmeet broker: rate limits are OFF (--no-rate-limits): one client can "
+                   "flood everyone", err=True)
     sys.stdout.flush()
     try:
         server.serve_forever()

@@ -70,6 +70,11 @@ log = logging.getLogger("zmeet.broker")
 DRAIN_BATCH = 256
 """Messages handled per wake-up before the loop yields to other greenlets."""
 
+MAX_REFUSED_PER_BATCH = 1
+"""RATE_LIMITED refusals after which a wake-up's batch ends early: a flood must not fill the
+batch whose commit every other client's reply waits for (docs/architecture.md, "Group
+commit")."""
+
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+|\*)$")
@@ -167,6 +172,8 @@ class _Batch:
     ERROR 500 if the events are not stored."""
     deferred: list[Deferred] = field(default_factory=list)
     """Deferred replies whose handler made events in this batch."""
+    refused: int = 0
+    """Requests refused RATE_LIMITED in this batch (MAX_REFUSED_PER_BATCH)."""
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -332,6 +339,8 @@ class Broker:
             try:
                 self._on_control(first)
                 for _ in range(DRAIN_BATCH):
+                    if (self._batch or batch).refused >= MAX_REFUSED_PER_BATCH:
+                        break  # a flood: commit and answer the others now
                     try:
                         head = raw.recv(_NOBLOCK)
                     except zmq.Again:
@@ -473,6 +482,8 @@ class Broker:
         if not retry_after_ms:
             return False
         self.stats["rate_limited"] += 1
+        if self._batch is not None:
+            self._batch.refused += 1
         name = limiter.class_of(type(request))
         self._send(routing_id, p.encode(p.Error(
             req_id=request.req_id, code=p.ErrorCode.RATE_LIMITED,
