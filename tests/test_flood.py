@@ -7,6 +7,8 @@ does; the tests here that count refusals set their own small limits, and the one
 
 from __future__ import annotations
 
+import json
+
 import gevent
 import msgpack
 import pytest
@@ -196,3 +198,30 @@ def test_the_broker_command_checks_its_rate_limit_options():
     for bad in ("chat", "chitchat=1/1", "chat=fast"):
         result = runner.invoke(broker, ["--rate-limit", bad, "--bind", "tcp://127.0.0.1:*"])
         assert result.exit_code == 2 and "--rate-limit" in result.output, result.output
+
+
+@pytest.mark.timeout(120)
+def test_zmeet_say_waits_out_the_limit_and_fails_clearly_past_its_bound(tmp_path):
+    """A real ``zmeet broker`` and ``zmeet say``: the nick's chat bucket outlives its
+    sessions, so a second ``say`` at once is refused and waits its turn (exit 0); when the
+    wait would be longer than the session's bound, it fails with the broker's reason."""
+    from proc import ZMEET, Proc, start_broker
+
+    broker, endpoints = start_broker(tmp_path / "data", "--rate-limit", "chat=1/3:1")
+    slow, slow_endpoints = start_broker(tmp_path / "slow", "--rate-limit", "chat=1/600:1")
+    try:
+        def say(control: str, text: str) -> Proc:
+            return Proc([*ZMEET, "say", "lobby", text, "--nick", "alice", "--json",
+                         "--broker", control])
+
+        assert say(endpoints["control"], "one").wait(timeout_s=30) == 0
+        second = say(endpoints["control"], "two")
+        assert second.wait(timeout_s=30) == 0, second.stderr
+        assert json.loads(second.stdout[-1])["type"] == "posted"
+        assert say(slow_endpoints["control"], "one").wait(timeout_s=30) == 0
+        refused = say(slow_endpoints["control"], "two")
+        assert refused.wait(timeout_s=30) == 1
+        assert "rate limited" in "\n".join(refused.stderr)
+    finally:
+        slow.stop()
+        broker.stop()
