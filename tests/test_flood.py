@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import gevent
+import gevent.event
 import msgpack
 import pytest
 from click.testing import CliRunner
@@ -67,17 +68,36 @@ def test_a_flood_of_says_is_refused_with_retry_after_and_then_admitted(
 
 def test_another_client_is_served_while_one_floods(broker, connect, raw_dealer, roundtrip, recv):
     """The default limits: a flood from one nick costs the others nothing of their own
-    buckets, and they are answered while the flood's replies still come."""
+    buckets, and they are answered while the flood is still being read."""
     flooder = raw_dealer()
     _hello(flooder, roundtrip, "bot")
     roundtrip(flooder, p.encode(p.Join(req_id=2, room="lobby")))
     bob = connect("bob")
     bob.join("lobby")
-    for i in range(FLOOD):
-        flooder.send_multipart(p.encode(p.Say(req_id=10 + i, room="lobby", text="spam")))
-    for i in range(20):  # a person's paste: none refused, none waits
-        assert bob.say("lobby", f"line {i}").seq > 0
-    replies = _replies(flooder, recv, FLOOD, timeout_s=60)
+    replies: list[p.Message] = []
+    underway = gevent.event.Event()
+
+    def send() -> None:
+        for i in range(FLOOD):
+            flooder.send_multipart(p.encode(p.Say(req_id=10 + i, room="lobby", text="spam")))
+
+    def read() -> None:
+        for _ in range(FLOOD):
+            replies.append(recv(flooder, 30))
+            if len(replies) == 1000:
+                underway.set()
+
+    sender, reader = gevent.spawn(send), gevent.spawn(read)
+    try:
+        assert underway.wait(30), "the flood did not start"
+        for i in range(20):  # a person's paste: none refused, none waits
+            assert bob.say("lobby", f"line {i}").seq > 0
+        served_at = len(replies)
+        gevent.joinall([sender, reader], timeout=60, raise_error=True)
+    finally:
+        gevent.killall([sender, reader])
+    assert served_at < FLOOD, "bob was served only after the flood"
+    assert len(replies) == FLOOD  # every flood request answered too
     refused = [r for r in replies if isinstance(r, p.Error)]
     assert all(r.code == p.ErrorCode.RATE_LIMITED and r.retry_after_ms > 0 for r in refused)
     burst = DEFAULT_RATE_LIMITS["chat"].burst
