@@ -24,7 +24,7 @@ import zmq
 
 from zmeet import protocol as p
 
-from .common import broker_process, histogram, percentiles_ms, save, table
+from .common import broker_process, histogram, percentiles_ms, proc_cpu_s, save, table
 
 SAY_SAMPLES = 25
 """SAY round trips per phase: within the default chat burst (30), so the probe itself is
@@ -139,8 +139,9 @@ class Probe:
         self.sub.close(linger=0)
 
 
-def phase(ctx, endpoints, name: str, seconds: float, flood: bool) -> dict:
-    """The probe's round trips under nick ``name``, with a flooder running if ``flood``."""
+def phase(ctx, endpoints, broker_pid: int, name: str, seconds: float, flood: bool) -> dict:
+    """The probe's round trips under nick ``name``, with a flooder running if ``flood``;
+    the broker's CPU meanwhile (``broker_cpu_pct`` of one core)."""
     row: dict = {"phase": name}
     proc = None
     if flood:
@@ -152,10 +153,12 @@ def phase(ctx, endpoints, name: str, seconds: float, flood: bool) -> dict:
         if not ready.wait(60):
             raise RuntimeError("the flooder did not start")
     probe = Probe(ctx, endpoints, name)
+    cpu0, t0 = proc_cpu_s(broker_pid), time.perf_counter()
     try:
         ping = probe.ping_rtt(seconds)
         say = probe.say_rtt(SAY_SAMPLES)
     finally:
+        row["broker_cpu_pct"] = 100 * (proc_cpu_s(broker_pid) - cpu0) / (time.perf_counter() - t0)
         probe.close()
         if proc is not None:
             stop.set()
@@ -176,22 +179,23 @@ def main() -> None:
     seconds = 3.0 if args.smoke else args.seconds
     ctx = zmq.Context()
     rows = []
-    with broker_process(rate_limits=True) as (endpoints, _proc):
+    with broker_process(rate_limits=True) as (endpoints, proc):
         print("broker with its default rate limits (DEFAULT_RATE_LIMITS)", flush=True)
-        rows.append({"limits": "on", **phase(ctx, endpoints, "quiet", seconds, flood=False)})
-        rows.append({"limits": "on", **phase(ctx, endpoints, "flood", seconds, flood=True)})
-    with broker_process() as (endpoints, _proc):
-        rows.append({"limits": "lifted", **phase(ctx, endpoints, "quiet2", seconds,
-                                                  flood=False)})
-        rows.append({"limits": "lifted", **phase(ctx, endpoints, "flood2", seconds,
-                                                  flood=True)})
+        for name, flood in (("quiet", False), ("flood", True)):
+            rows.append({"limits": "on", **phase(ctx, endpoints, proc.pid, name, seconds,
+                                                 flood)})
+    with broker_process() as (endpoints, proc):
+        for name, flood in (("quiet2", False), ("flood2", True)):
+            rows.append({"limits": "lifted", **phase(ctx, endpoints, proc.pid, name, seconds,
+                                                     flood)})
     ctx.destroy(linger=0)
     for quiet, flood in ((rows[0], rows[1]), (rows[2], rows[3])):
         for k in ("ping_p50_ms", "ping_p99_ms", "say_p50_ms", "say_p99_ms"):
             flood[f"{k.removesuffix('_ms')}_x"] = flood[k] / quiet[k]
     print(table(rows, ["limits", "phase", "ping_p50_ms", "ping_p99_ms", "ping_count",
                        "say_p50_ms", "say_p99_ms", "say_refused", "flood_sent",
-                       "flood_posted", "flood_refused", "flood_replies_per_s"]))
+                       "flood_posted", "flood_refused", "flood_replies_per_s",
+                       "broker_cpu_pct"]))
     print(table(rows[1::2], ["limits", "phase", "ping_p50_x", "ping_p99_x", "say_p50_x",
                              "say_p99_x"]))
     ratio = rows[1]["ping_p99_x"]

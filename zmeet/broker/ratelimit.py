@@ -169,12 +169,19 @@ class RateLimiter:
             for cls in classes
         }
         self._buckets: OrderedDict[tuple[str, Hashable], TokenBucket] = OrderedDict()
+        self._reasons = {cls: f"rate limited: {name} requests at most {self.limits[name]}"
+                         for cls, name in self._class_of.items()}
         self.refused = 0
         """Requests refused so far."""
 
     def class_of(self, request_type: type) -> str | None:
         """The bucket class that counts ``request_type``, or None if it is not limited."""
         return self._class_of.get(request_type)
+
+    def reason(self, request_type: type) -> str:
+        """ERROR RATE_LIMITED's reason for ``request_type``: its class and rate, for people
+        (made once: a refusal must cost little)."""
+        return self._reasons.get(request_type, "rate limited")
 
     def check(self, request_type: type, identity: Hashable) -> int:
         """Count one request of ``request_type`` by ``identity``: 0 if admitted (or not
