@@ -70,14 +70,6 @@ log = logging.getLogger("zmeet.broker")
 DRAIN_BATCH = 256
 """Messages handled per wake-up before the loop yields to other greenlets."""
 
-MAX_REFUSED_PER_BATCH = 1
-"""Refusals (RATE_LIMITED, a message that does not decode, a request before HELLO) after which
-a wake-up's batch ends early (committed, then the loop yields): a flood must not fill the
-batch whose commit every other client's reply waits for (docs/architecture.md, "Group
-commit"). Measured with benchmarks/flood.py: with 256 refusals a batch, another client's PING
-p50 went from 0.26 ms quiet to 7.6 ms under a flood; ending the batch at the first refusal,
-0.23 to 0.4 ms (committing there and draining on without yielding: 0.7 to 1.1 ms)."""
-
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+|\*)$")
@@ -180,6 +172,14 @@ class _Batch:
     (MAX_REFUSED_PER_BATCH)."""
 
 
+MAX_REFUSED_PER_BATCH = 1
+"""Refusals (RATE_LIMITED, a message that does not decode, a request before HELLO) after which
+a wake-up's batch ends early (committed, then the loop yields): a flood must not fill the
+batch whose commit every other client's reply waits for (docs/architecture.md, "Group
+commit"). Measured with benchmarks/flood.py: with 256 refusals a batch, another client's PING
+p50 went from 0.26 ms quiet to 7.6 ms under a flood; ending the batch at the first refusal,
+0.23 to 0.4 ms (committing there and draining on without yielding: 0.7 to 1.1 ms)."""
+
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
@@ -204,6 +204,8 @@ class Broker:
         self.sessions: dict[bytes, ClientSession] = {}
         self._by_token: dict[bytes, ClientSession] = {}
         self.media: MediaLane | None = None
+        self.rate_limiter: RateLimiter | None = None
+        """The flood limits of the control lane (None: off), checked before any handler."""
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._control_greenlet: gevent.Greenlet | None = None
@@ -215,10 +217,7 @@ class Broker:
         self.rooms: Rooms | None = None
         self.services: list[Service] = []
         self._handlers: dict[type, Handler] = {}
-        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0,
-                      "rate_limited": 0}
-        self.rate_limiter: RateLimiter | None = None
-        """The flood limits of the control lane (None: off), checked before any handler."""
+        self.stats = {"requests": 0, "errors": 0, "media_in": 0, "media_dropped": 0}
 
     @property
     def clock(self) -> Clock:
@@ -233,6 +232,7 @@ class Broker:
         native = native_forwarder(cfg.media_forwarder)
         if cfg.rate_limits is not None:  # an unknown class raises ValueError here
             self.rate_limiter = RateLimiter(cfg.rate_limits, cfg.clock)
+        self.stats["rate_limited"] = 0
         self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
         ids = itertools.count(1)
         # message ids: this run's epoch and a counter (unique across restarts, 7x cheaper

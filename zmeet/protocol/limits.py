@@ -60,6 +60,12 @@ MAX_HISTORY = 1000
 
 MAX_ROOMS_PER_SESSION = 64
 
+HEARTBEAT_INTERVAL_MS = 2000
+"""How often the broker publishes HEARTBEAT and a client sends PING."""
+
+HEARTBEAT_LIVENESS = 5
+"""Intervals of silence after which the broker declares a client gone (and a client the broker)."""
+
 MAX_SESSIONS = 10_000
 """Most sessions (nicks held) a broker keeps at once; a HELLO past it gets TOO_MANY."""
 
@@ -67,12 +73,6 @@ MAX_LIVE_ROOMS = 10_000
 """Most rooms with members a broker keeps in memory at once; a JOIN that would open another
 gets TOO_MANY. A room nobody is in is freed (its sequence number and room topic come back
 from the store)."""
-
-HEARTBEAT_INTERVAL_MS = 2000
-"""How often the broker publishes HEARTBEAT and a client sends PING."""
-
-HEARTBEAT_LIVENESS = 5
-"""Intervals of silence after which the broker declares a client gone (and a client the broker)."""
 
 MAX_REQ_ID = 2**63 - 1
 
