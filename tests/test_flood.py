@@ -223,7 +223,8 @@ def test_the_broker_command_checks_its_rate_limit_options():
 def test_zmeet_say_waits_out_the_limit_and_fails_clearly_past_its_bound(tmp_path):
     """A real ``zmeet broker`` and ``zmeet say``: the nick's chat bucket outlives its
     sessions, so a second ``say`` at once is refused and waits its turn (exit 0); when the
-    wait would be longer than the session's bound, it fails with the broker's reason."""
+    wait would be longer than the session's bound, it fails with the broker's reason.
+    ``zmeet bench`` refuses to measure a broker whose chat limit it would hit."""
     from proc import ZMEET, Proc, start_broker
 
     broker, endpoints = start_broker(tmp_path / "data", "--rate-limit", "chat=1/3:1")
@@ -242,6 +243,11 @@ def test_zmeet_say_waits_out_the_limit_and_fails_clearly_past_its_bound(tmp_path
         refused = say(slow_endpoints, "two")
         assert refused.wait(timeout_s=30) == 1
         assert "rate limited" in "\n".join(refused.stderr)
+        # a benchmark of a limited broker would measure the limit: it says so and fails
+        bench = Proc([*ZMEET, "bench", "--count", "5", "--messages", "50", "--broker",
+                      endpoints.get("entry", endpoints["control"])])
+        assert bench.wait(timeout_s=30) == 1
+        assert "--no-rate-limits" in "\n".join(bench.stderr)
     finally:
         slow.stop()
         broker.stop()
