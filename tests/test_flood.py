@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from zmeet import protocol as p
 from zmeet.broker.ratelimit import DEFAULT_RATE_LIMITS, Rate
 from zmeet.errors import RateLimited
+from zmeet.protocol.limits import MAX_LIVE_ROOMS, MAX_SESSIONS
 
 FLOOD = 20_000
 """SAYs a flooding client pipelines."""
@@ -118,6 +119,7 @@ def test_welcome_tells_the_limits(make_broker, connect):
 
 def test_the_default_limits_are_told(broker, connect):
     limits = connect("alice").welcome.limits
+    assert (limits["max_sessions"], limits["max_live_rooms"]) == (MAX_SESSIONS, MAX_LIVE_ROOMS)
     for name, rate in DEFAULT_RATE_LIMITS.items():
         assert limits[f"rate_{name}_count"] == rate.count
         assert limits[f"rate_{name}_period_ms"] == rate.period_ms

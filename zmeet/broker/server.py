@@ -47,6 +47,7 @@ from ..protocol.limits import (
     HEARTBEAT_LIVENESS,
     MAX_CONTROL_FRAME_BYTES,
     MAX_HISTORY,
+    MAX_LIVE_ROOMS,
     MAX_MEDIA_FRAME_BYTES,
     MAX_MEDIA_META_BYTES,
     MAX_NICK_LENGTH,
@@ -54,6 +55,7 @@ from ..protocol.limits import (
     MAX_ROOM_LENGTH,
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
+    MAX_SESSIONS,
     MAX_TEXT_BYTES,
     PROTOCOL_VERSION,
 )
@@ -594,6 +596,8 @@ class Broker:
             "heartbeat_interval_ms": self.config.heartbeat_interval_ms,
             "heartbeat_liveness": self.config.heartbeat_liveness,
             "max_file_size": self.config.max_file_size,
+            "max_sessions": self.rooms.max_nicks if self.rooms is not None else MAX_SESSIONS,
+            "max_live_rooms": self.rooms.max_rooms if self.rooms is not None else MAX_LIVE_ROOMS,
             **(self.rate_limiter.advertised() if self.rate_limiter is not None else {}),
         }
 
