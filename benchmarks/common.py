@@ -21,15 +21,22 @@ Megamind.avi."""
 
 
 @contextmanager
-def broker_process(*extra: str, ready_line: bool = False, secure: bool = False):
+def broker_process(*extra: str, ready_line: bool = False, secure: bool = False,
+                   rate_limits: bool = False):
     """A ``zmeet broker`` on random loopback ports in a temporary data dir; yields its
     endpoints (or, with ``ready_line``, its whole JSON ready line) and its process.
 
     ``--insecure`` (no CURVE) unless ``secure``: these benchmarks' raw clients speak NULL, and
     their figures are the ones measured before CURVE; the cost of encryption is measured
-    beside them where a benchmark passes ``secure=True``."""
+    beside them where a benchmark passes ``secure=True``. Its flood limits are lifted
+    (``--no-rate-limits``, and a line says so) unless ``rate_limits``: a benchmark measures
+    full speed, which the limits exist to refuse."""
     if not secure:
         extra = ("--insecure", *extra)
+    if not rate_limits:
+        extra = ("--no-rate-limits", *extra)
+        print("benchmark broker: rate limits lifted (zmeet broker --no-rate-limits)",
+              flush=True)
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zmeet_cli.main", "broker", "--bind", "tcp://127.0.0.1:*",

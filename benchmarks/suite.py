@@ -39,7 +39,8 @@ SMOKE = {
     "scale": {"clients": 1000, "procs": 4, "seconds": 5},
     "external_timeout_s": 300,
 }
-EXTERNAL = {"games": "games_rtt", "files": "files_throughput", "meeting": "media_meeting"}
+EXTERNAL = {"games": "games_rtt", "files": "files_throughput", "meeting": "media_meeting",
+            "flood": "flood"}
 SMOKE_ARGS = {
     "games_rtt": {"--seconds": "3", "--warmup": "1"},
     "files_throughput": {"--size-mib": "64"},

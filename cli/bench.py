@@ -110,6 +110,15 @@ def bench(ctx, broker, nick, room, count, messages, concurrency, connect_timeout
     nick = nick or f"bench-{secrets.token_hex(2)}"
     room = room or f"bench-{secrets.token_hex(3)}"
     session = _open_session(broker, nick, connect_timeout_s)
+    limits = session.welcome.limits if session.welcome is not None else {}
+    if "rate_chat_burst" in limits and count + messages + 1 > limits["rate_chat_burst"]:
+        session.close()
+        click.echo(f"zmeet: error: this broker limits chat to {limits['rate_chat_count']} "
+                   f"messages per {limits['rate_chat_period_ms'] / 1000:g} s per nick "
+                   f"({limits['rate_chat_burst']} at once): a benchmark would measure that "
+                   "limit, not the broker. Measure a broker run with `zmeet broker "
+                   "--no-rate-limits`.", err=True)
+        sys.exit(1)
     try:
         session.join(room, history=0)
         # warm-up: an event published before the new SUB subscription reaches the broker is

@@ -12,6 +12,7 @@ import click
 
 from zmeet import keys
 from zmeet.broker import Broker, BrokerConfig, default_data_dir, default_services
+from zmeet.broker.ratelimit import DEFAULT_RATE_LIMITS, REQUEST_CLASSES, parse_rate
 from zmeet.errors import ZmeetError
 from zmeet.files import parse_size
 from zmeet.games import ArenaSettings
@@ -59,9 +60,17 @@ from .common import LOG_LEVELS, _fail, _on_signals, _setup_logging
 @click.option("--reconnect-window", "reconnect_window_s", type=click.FloatRange(0.1, 86_400),
               default=60.0, show_default=True,
               help="Seconds a game waits for a player who left to come back.")
+@click.option("--rate-limit", "rate_limit", multiple=True, metavar="CLASS=COUNT/SECONDS[:BURST]",
+              help="Change one flood limit per client, e.g. chat=10/5:30 (10 every 5 s, 30 at "
+                   "once) or chat=off; classes: " + ", ".join(REQUEST_CLASSES) + ". Defaults: "
+                   + ", ".join(f"{k}={v.count}/{v.period_ms / 1000:g}:{v.burst}"
+                               for k, v in DEFAULT_RATE_LIMITS.items()) + ".")
+@click.option("--no-rate-limits", is_flag=True,
+              help="Turn every flood limit off (benchmarks; never on a shared network).")
 def broker(address, control, events, media_in, media_out, insecure, allow_keys, open_,
            data_dir, history, heartbeat_ms, broker_log_level, as_json, max_file_size="4G",
-           media_forwarder="auto", challenge_expiry_s=60.0, reconnect_window_s=60.0) -> None:
+           media_forwarder="auto", challenge_expiry_s=60.0, reconnect_window_s=60.0,
+           rate_limit=(), no_rate_limits=False) -> None:
     """Run a broker until Ctrl-C or SIGTERM.
 
     Prints one line when every lane is bound: the address clients are given, and the broker's
@@ -81,12 +90,13 @@ def broker(address, control, events, media_in, media_out, insecure, allow_keys, 
         max_file_bytes = parse_size(max_file_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-file-size") from None
+    rate_limits = None if no_rate_limits else _rate_limits(rate_limit)
     config = BrokerConfig(
         address=address, control=control, events=events, media_in=media_in,
         media_out=media_out, insecure=insecure, allow_keys=allowed,
         data_dir=data_dir or default_data_dir(), history=history,
         heartbeat_interval_ms=heartbeat_ms, max_file_size=max_file_bytes,
-        media_forwarder=media_forwarder,
+        media_forwarder=media_forwarder, rate_limits=rate_limits,
         services=default_services(ArenaSettings(challenge_expiry_s=challenge_expiry_s,
                                         reconnect_window_s=reconnect_window_s)),
     )
@@ -112,13 +122,17 @@ def broker(address, control, events, media_in, media_out, insecure, allow_keys, 
                                "fingerprint": fingerprint, "secure": not insecure,
                                "admits": "listed" if allowed is not None else "any",
                                "epoch": server.epoch, "data_dir": str(config.data_dir),
-                               "media_forwarder": server.media_forwarder}))
+                               "media_forwarder": server.media_forwarder,
+                               "rate_limits": {k: str(v) for k, v in (rate_limits or {}).items()}}))
     else:
         e = server.endpoints
         trust = (f"key {key} ({fingerprint})" if key else "INSECURE: no encryption")
         click.echo(f"zmeet broker ready at {server.address}: {trust}; control {e['control']} "
                    f"events {e['events']} media-in {e['media_in']} media-out {e['media_out']} "
                    f"data {config.data_dir} ({server.media_forwarder} media forwarder)")
+    if rate_limits is None:
+        click.echo("zmeet broker: rate limits are OFF (--no-rate-limits): one client can "
+                   "flood everyone", err=True)
     sys.stdout.flush()
     try:
         server.serve_forever()
@@ -128,3 +142,24 @@ def broker(address, control, events, media_in, media_out, insecure, allow_keys, 
         server.stop()
     if server.crashed:
         _fail("the broker stopped after an internal error (see the log above)")
+
+
+def _rate_limits(options: tuple[str, ...]) -> dict:
+    """The broker's limits: DEFAULT_RATE_LIMITS changed by each ``--rate-limit CLASS=RATE``
+    (``RATE`` as :func:`zmeet.broker.ratelimit.parse_rate` reads it, or ``off``)."""
+    limits = dict(DEFAULT_RATE_LIMITS)
+    for option in options:
+        name, sep, value = option.partition("=")
+        name = name.strip()
+        if not sep or name not in REQUEST_CLASSES:
+            raise click.BadParameter(f"{option!r}: use CLASS=COUNT/SECONDS[:BURST], CLASS one "
+                                     f"of {', '.join(REQUEST_CLASSES)}",
+                                     param_hint="--rate-limit")
+        if value.strip() == "off":
+            limits.pop(name, None)
+            continue
+        try:
+            limits[name] = parse_rate(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rate-limit") from None
+    return limits

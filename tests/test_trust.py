@@ -440,3 +440,15 @@ def test_the_broker_will_not_start_without_its_own_zap_handler(tmp_path):
     finally:
         squatter.close(linger=0)
         context.term()
+
+
+def test_one_key_holds_a_bounded_number_of_sessions(connect, person, monkeypatch):
+    import zmeet.broker.chat as chat_service
+    monkeypatch.setattr(chat_service, "MAX_SESSIONS_PER_KEY", 2)
+    alice = person("alice")
+    connect("alice")
+    connect("alice-too", identity=alice)
+    with pytest.raises(Refused) as caught:
+        connect("alice", identity=alice)
+    assert caught.value.code == p.ErrorCode.TOO_MANY and "close one" in caught.value.reason
+    assert connect("bob").nick == "bob"  # another key is not affected

@@ -77,5 +77,18 @@ class NickInUse(Refused):
     """That nick is in use on this broker: choose another with --nick."""
 
 
+class RateLimited(Refused):
+    """The broker is limiting how fast this client sends: wait a moment and try again.
+
+    ``retry_after_ms`` (an int, >= 0) is how long the broker asked to wait before the same
+    request is admitted (ERROR RATE_LIMITED, docs/protocol.md, "Rate limits"). The client
+    session waits it out and retries by itself, a bounded number of times; this reaches the
+    caller only past that bound."""
+
+    def __init__(self, code: int, reason: str, retry_after_ms: int = 0) -> None:
+        super().__init__(code, reason)
+        self.retry_after_ms = int(retry_after_ms)
+
+
 class DeviceError(ZmeetError):
     """A camera, screen, video file or window could not be opened or read."""

@@ -16,10 +16,15 @@ from __future__ import annotations
 import logging
 
 from .. import protocol as p
-from ..chat import Rooms, check_nick
+from ..chat import Rooms, check_nick, check_room
 from ..errors import Refused
 from ..keys import fingerprint
-from ..protocol.limits import MAX_HISTORY, MAX_NICKS_PER_KEY
+from ..protocol.limits import (
+    MAX_HISTORY,
+    MAX_NICKS_PER_KEY,
+    MAX_SESSIONS,
+    MAX_SESSIONS_PER_KEY,
+)
 from .service import Handler, Service
 from .sessions import ClientSession
 from .store import Store
@@ -95,13 +100,20 @@ class ChatService(Service):
                 broker.move_session(held, routing_id)  # this client, on a new connection
                 return self._welcome(req, held)
         if secure:
-            in_use = frozenset(s.nick for s in broker.sessions.values() if s.key == key)
+            in_use = frozenset(s.nick for s in broker.sessions_of_key(key))
             if not self._store.register_nick(req.nick, key, broker.clock.wall_ms(),
                                              MAX_NICKS_PER_KEY, in_use):
                 raise Refused(p.ErrorCode.NICK_REGISTERED,
                               f"nick {req.nick!r} is registered to another key")
             if owner is None:
                 log.info("nick %s registered to key %s", req.nick, fingerprint(key))
+        if session is None:
+            if len(broker.sessions) >= MAX_SESSIONS:
+                raise Refused(p.ErrorCode.TOO_MANY,
+                              f"the broker serves at most {MAX_SESSIONS} sessions; try later")
+            if secure and len(broker.sessions_of_key(key)) >= MAX_SESSIONS_PER_KEY:
+                raise Refused(p.ErrorCode.TOO_MANY, f"this key holds {MAX_SESSIONS_PER_KEY} "
+                              "sessions already: close one")
         if session is not None:  # a new nick: the old session ends first
             broker.end_session(session, "leave", "new nick")
         rooms.claim_nick(req.nick, person)  # raises INVALID_NAME; a no-op for its holder
@@ -169,7 +181,7 @@ class ChatService(Service):
     def _history(self, session: ClientSession, req: p.History) -> p.Reply:
         rooms = self._rooms
         self.broker.commit()  # what the store returns must include this batch's events
-        rooms.room(req.room)  # validates the name
+        check_room(req.room)
         if not rooms.is_member(req.room, session.nick):
             raise Refused(p.ErrorCode.NOT_MEMBER, f"join room {req.room!r} first")
         if req.after_seq < 0:

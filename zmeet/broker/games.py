@@ -169,8 +169,10 @@ class GamesService(Service):
         self._to_store: list[pg.GameRecord] = []
         self._reads: deque[Deferred] = deque()
         """GAME-HISTORY requests waiting for the store greenlet, oldest first."""
-        self._reads_of: dict[bytes, int] = {}
-        """Waiting GAME-HISTORY reads per session (routing id)."""
+        self._reads_of: dict[int, int] = {}
+        """Waiting GAME-HISTORY reads per session (``id`` of the ClientSession: a routing id
+        outlives a session, when its connection says HELLO with another nick, and a read
+        already in the store thread must not be counted against the session after it)."""
         self._store_wakeup = gevent.event.Event()
         self._writer: gevent.Greenlet | None = None
         self._thinking: set[gevent.Greenlet] = set()
@@ -194,16 +196,11 @@ class GamesService(Service):
     def on_session_end(self, session: ClientSession, reason: str) -> None:
         # its waiting GAME-HISTORY reads go: their replies would be dropped, and a client that
         # says HELLO with a new nick must not leave reads behind to dodge the per-session limit
-        if self._reads_of.pop(session.routing_id, None):
+        if self._reads_of.pop(id(session), None):
             self._reads = deque(d for d in self._reads if d.session is not session)
         if self.broker.session_of(session.nick) is None:  # its last session: the player left
             self.arena.disconnected(session.nick)
             self._dispatch(leaving=session.nick)
-
-    def on_session_moved(self, session: ClientSession, old_routing_id: bytes) -> None:
-        waiting = self._reads_of.pop(old_routing_id, 0)
-        if waiting:
-            self._reads_of[session.routing_id] = waiting
 
     def tick(self, now_s: float) -> None:
         self.arena.tick()
@@ -274,19 +271,23 @@ class GamesService(Service):
                     if not self._reads:
                         break
                     deferred = self._reads.popleft()
-                    self._read_done(deferred)
-                    self._answer_history(deferred, written)
+                    try:  # a read counts against its session until it is answered
+                        self._answer_history(deferred, written)
+                    finally:
+                        self._read_done(deferred)
         finally:
             if self._writer is gevent.getcurrent():
                 self._writer = None
 
     def _read_done(self, deferred: Deferred) -> None:
-        routing_id = deferred.session.routing_id
-        left = self._reads_of.get(routing_id, 0) - 1
+        session = deferred.session
+        if self.broker.sessions.get(session.routing_id) is not session:
+            return  # ended (its count went with it) or another session now at that connection
+        left = self._reads_of.get(id(session), 0) - 1
         if left > 0:
-            self._reads_of[routing_id] = left
+            self._reads_of[id(session)] = left
         else:
-            self._reads_of.pop(routing_id, None)
+            self._reads_of.pop(id(session), None)
 
     def _answer_history(self, deferred: Deferred, written: bool) -> None:
         """Read the games store for a GAME-HISTORY request and answer it; ERROR 500 if the
@@ -371,7 +372,7 @@ class GamesService(Service):
         self._check_limit(req.limit)
         if self._closed:
             raise Refused(p.ErrorCode.INTERNAL_ERROR, "the games service is stopping")
-        waiting = self._reads_of.get(session.routing_id, 0)
+        waiting = self._reads_of.get(id(session), 0)
         if waiting >= MAX_HISTORY_READS_PER_SESSION or len(self._reads) >= MAX_HISTORY_READS:
             raise Refused(p.ErrorCode.TOO_MANY,
                           "too many GAME-HISTORY requests wait for the games store: "
@@ -379,7 +380,7 @@ class GamesService(Service):
                           f"{MAX_HISTORY_READS} in all")
         deferred = self.broker.defer(session, req)
         self._reads.append(deferred)
-        self._reads_of[session.routing_id] = waiting + 1
+        self._reads_of[id(session)] = waiting + 1
         self._wake_store()
         return deferred
 

@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,7 @@ from ..protocol.limits import (
     MAX_CONTROL_FRAME_BYTES,
     MAX_ENTRY_BYTES,
     MAX_HISTORY,
+    MAX_LIVE_ROOMS,
     MAX_MEDIA_FRAME_BYTES,
     MAX_MEDIA_META_BYTES,
     MAX_NICK_LENGTH,
@@ -68,6 +69,7 @@ from ..protocol.limits import (
     MAX_ROOM_LENGTH,
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
+    MAX_SESSIONS,
     MAX_TEXT_BYTES,
     PROTOCOL_VERSION,
 )
@@ -75,6 +77,7 @@ from ..zmqio import recv_rest, send_parts
 from .chat import ChatService
 from .media import MediaLane, native_forwarder
 from .privacy import PrivacyService
+from .ratelimit import DEFAULT_RATE_LIMITS, Rate, RateLimiter
 from .service import TICK_INTERVAL_S, Deferred, Handler, Service, ServiceFactory
 from .sessions import ClientSession
 from .store import Store
@@ -167,6 +170,11 @@ class BrokerConfig:
     (:mod:`zmeet.broker.media`'s Python loop) or ``auto`` (native if it was built). Same
     protocol, same checks; native costs a third of the CPU per frame. :meth:`Broker.start`
     raises RuntimeError for ``native`` when the module was not built."""
+    rate_limits: dict[str, Rate] | None = field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    """Token buckets per identity and request class (:mod:`zmeet.broker.ratelimit`; told in
+    WELCOME.limits); a class left out is not limited, None turns them all off
+    (``--no-rate-limits``, for benchmarks)."""
 
     def endpoints(self) -> dict[str, str]:
         derived = derive_endpoints(self.address)
@@ -192,7 +200,18 @@ class _Batch:
     ERROR 500 if the events are not stored."""
     deferred: list[Deferred] = field(default_factory=list)
     """Deferred replies whose handler made events in this batch."""
+    refused: int = 0
+    """Requests refused in this batch by the flood limits or before any handler ran
+    (MAX_REFUSED_PER_BATCH)."""
 
+
+MAX_REFUSED_PER_BATCH = 1
+"""Refusals (RATE_LIMITED, a message that does not decode, a request before HELLO) after which
+a wake-up's batch ends early (committed, then the loop yields): a flood must not fill the
+batch whose commit every other client's reply waits for (docs/architecture.md, "Group
+commit"). Measured with benchmarks/flood.py: with 256 refusals a batch, another client's PING
+p50 went from 0.26 ms quiet to 7.6 ms under a flood; ending the batch at the first refusal,
+0.23 to 0.4 ms (committing there and draining on without yielding: 0.7 to 1.1 ms)."""
 
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -218,8 +237,12 @@ class Broker:
         self.sessions: dict[bytes, ClientSession] = {}
         self._sessions_of: dict[str, list[ClientSession]] = {}
         """Nick -> its sessions, oldest first (several: one key on several connections)."""
+        self._by_key: dict[str, list[ClientSession]] = {}
+        """Client key -> its sessions (every nick), for the per-key limits."""
         self._by_token: dict[bytes, ClientSession] = {}
         self.media: MediaLane | None = None
+        self.rate_limiter: RateLimiter | None = None
+        """The flood limits of the control lane (None: off), checked before any handler."""
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._control_greenlet: gevent.Greenlet | None = None
@@ -264,6 +287,9 @@ class Broker:
         cfg = self.config
         # a bad media forwarder fails here, before anything is opened
         native = native_forwarder(cfg.media_forwarder)
+        if cfg.rate_limits is not None:  # an unknown class raises ValueError here
+            self.rate_limiter = RateLimiter(cfg.rate_limits, cfg.clock)
+        self.stats["rate_limited"] = 0
         self.store = Store(Path(cfg.data_dir) / "zmeet.sqlite3")
         ids = itertools.count(1)
         # message ids: this run's epoch and a counter (unique across restarts, 7x cheaper
@@ -432,6 +458,8 @@ class Broker:
             try:
                 self._on_control(*first)
                 for _ in range(DRAIN_BATCH):
+                    if (self._batch or batch).refused >= MAX_REFUSED_PER_BATCH:
+                        break  # a flood: commit, answer the others now, and yield
                     try:
                         head = raw.recv(_NOBLOCK, copy=False)
                     except zmq.Again:
@@ -470,6 +498,8 @@ class Broker:
             else:
                 for event in batch.events:
                     send_parts(self._events_raw, p.encode_published(event))
+        if stored and self.rooms is not None:  # every event is stored: empty rooms can go
+            self.rooms.free_idle()
         for routing_id, frames, needs_store, req_id in batch.out:
             if needs_store and not stored:
                 frames = p.encode(p.Error(req_id=req_id, code=p.ErrorCode.INTERNAL_ERROR,
@@ -496,9 +526,10 @@ class Broker:
             self._batch = _Batch()
             self._commit(batch)
 
-    def _on_control(self, frames: list[bytes], key: str) -> None:
+    def _on_control(self, frames: list[bytes], key: str, head: zmq.Frame | None = None) -> None:
         """One control message, ``[routing_id, header, command, body(, payload)]``, from a
-        connection whose CURVE client key is ``key`` (Z85; empty when insecure)."""
+        connection whose CURVE client key is ``key`` (Z85; empty when insecure); ``head`` is
+        its first frame as received (its metadata names the peer's address)."""
         routing_id, body = frames[0], frames[1:]
         self.stats["requests"] += 1
         try:
@@ -511,6 +542,8 @@ class Broker:
                 )
         except p.RemoteProtocolError as exc:
             self.stats["errors"] += 1
+            if self._batch is not None:
+                self._batch.refused += 1
             log.debug("bad message from %s: %s", routing_id.hex(), exc.reason)
             self._send(routing_id, p.encode(p.Error(req_id=exc.req_id, code=exc.code,
                                                     reason=exc.reason)))
@@ -521,6 +554,8 @@ class Broker:
             # that session, not even its cached replies (docs/protocol.md 5.2)
             self.stats["wrong_key"] += 1
             self.stats["errors"] += 1
+            if self._batch is not None:
+                self._batch.refused += 1
             log.warning("refused %s from another key on %s's routing id",
                         type(request).__name__, session.nick)
             self._send(routing_id, p.encode(p.Error(
@@ -534,6 +569,9 @@ class Broker:
                 if not isinstance(cached, Deferred):  # pending: nothing more to send yet
                     self._send(routing_id, cached)
                 return
+        if self.rate_limiter is not None and self._rate_limited(routing_id, session, request,
+                                                                key, head):
+            return
         batch = self._batch
         events_before = len(batch.events) if batch is not None else 0
         try:
@@ -560,12 +598,48 @@ class Broker:
         if session is not None and not isinstance(request, p.Ping):
             session.remember(request.req_id, frames_out)
 
+    def rate_identity(self, routing_id: bytes, session: ClientSession | None,
+                      request: p.Request, key: str = "", head: zmq.Frame | None = None
+                      ) -> Hashable:
+        """Whose bucket ``request`` takes from: the person, the session's CURVE key (all its
+        nicks and connections share it), or on an insecure broker its nick; for HELLO the
+        peer's address (``Peer-Address``, the IP without the port: new keys are free to make,
+        addresses are not), else the routing id."""
+        if session is None or isinstance(request, p.Hello):
+            address = _peer_address(head) if head is not None else ""
+            return ("address", address) if address else ("connection", routing_id)
+        return ("key", session.key) if session.key else ("nick", session.nick)
+
+    def _rate_limited(self, routing_id: bytes, session: ClientSession | None,
+                      request: p.Request, key: str = "", head: zmq.Frame | None = None
+                      ) -> bool:
+        """Count ``request`` against its bucket; if it is over, answer ERROR RATE_LIMITED with
+        ``retry_after_ms`` (not remembered in the reply cache: nothing was applied) and return
+        True. Requests before HELLO are not counted (they get NO_SESSION)."""
+        limiter = self.rate_limiter
+        assert limiter is not None
+        if session is None and not isinstance(request, p.Hello):
+            return False
+        retry_after_ms = limiter.check(
+            type(request), self.rate_identity(routing_id, session, request, key, head))
+        if not retry_after_ms:
+            return False
+        self.stats["rate_limited"] += 1
+        if self._batch is not None:
+            self._batch.refused += 1
+        self._send(routing_id, p.encode(p.Error(
+            req_id=request.req_id, code=p.ErrorCode.RATE_LIMITED,
+            reason=limiter.reason(type(request)), retry_after_ms=retry_after_ms)))
+        return True
+
     def _dispatch(
         self, routing_id: bytes, session: ClientSession | None, req: p.Request, key: str
     ) -> p.Reply | Deferred:
         if isinstance(req, p.Hello):
             return self.chat.hello(routing_id, session, req, key)
         if session is None:
+            if self._batch is not None:
+                self._batch.refused += 1
             raise Refused(p.ErrorCode.NO_SESSION, "no session: send HELLO first")
         handler = self._handlers.get(type(req))
         if handler is None:
@@ -637,6 +711,8 @@ class Broker:
                                 self.clock.monotonic_s(), key=key)
         self.sessions[routing_id] = session
         self._sessions_of.setdefault(nick, []).append(session)
+        if key:
+            self._by_key.setdefault(key, []).append(session)
         self._by_token[session.media_token] = session
         for service in self.services:
             try:
@@ -685,6 +761,9 @@ class Broker:
             "heartbeat_interval_ms": self.config.heartbeat_interval_ms,
             "heartbeat_liveness": self.config.heartbeat_liveness,
             "max_file_size": self.config.max_file_size,
+            "max_sessions": self.rooms.max_nicks if self.rooms is not None else MAX_SESSIONS,
+            "max_live_rooms": self.rooms.max_rooms if self.rooms is not None else MAX_LIVE_ROOMS,
+            **(self.rate_limiter.advertised() if self.rate_limiter is not None else {}),
         }
 
     def end_session(self, session: ClientSession, type_: str, reason: str) -> None:
@@ -697,6 +776,11 @@ class Broker:
             self._sessions_of[session.nick] = others
         else:
             self._sessions_of.pop(session.nick, None)
+        same_key = [s for s in self._by_key.get(session.key, ()) if s is not session]
+        if same_key:
+            self._by_key[session.key] = same_key
+        else:
+            self._by_key.pop(session.key, None)
         for service in self.services:
             try:
                 service.on_session_end(session, reason)
@@ -723,6 +807,10 @@ class Broker:
         """The newest session holding ``nick``, or None (nobody has it online)."""
         sessions = self._sessions_of.get(nick)
         return sessions[-1] if sessions else None
+
+    def sessions_of_key(self, key: str) -> tuple[ClientSession, ...]:
+        """Every session held by the client key ``key`` (all its nicks)."""
+        return tuple(self._by_key.get(key, ()))
 
     def sessions_of(self, nick: str) -> tuple[ClientSession, ...]:
         """Every session holding ``nick``, oldest first: one person on several connections."""
@@ -804,7 +892,17 @@ def user_id(frame: zmq.Frame) -> str:
         return "?"
 
 
-def _recv_control_rest(sock: zmq.Socket, head: zmq.Frame, secure: bool) -> tuple[list, str]:
+def _peer_address(frame: zmq.Frame) -> str:
+    """The IP address of the peer ``frame`` came from (libzmq's ``Peer-Address``), or empty
+    (ipc, inproc, or none)."""
+    try:
+        return frame.get("Peer-Address")  # type: ignore[return-value]
+    except zmq.ZMQError:
+        return ""
+
+
+def _recv_control_rest(sock: zmq.Socket, head: zmq.Frame, secure: bool
+                       ) -> tuple[list, str, zmq.Frame]:
     """All of a control message whose first part, ``head`` (the routing id), was just received
     as a :class:`zmq.Frame`, and the connection's client key: ``([routing_id, header, command,
     body(, payload)], key)``, parts as bytes, a payload (a FILE-DATA chunk) as a memoryview of
@@ -814,7 +912,7 @@ def _recv_control_rest(sock: zmq.Socket, head: zmq.Frame, secure: bool) -> tuple
     parts = recv_rest(sock, head.bytes, 4)
     for i in range(4, len(parts)):
         parts[i] = parts[i].buffer
-    return parts, key
+    return parts, key, head
 
 
 __all__ = ["Broker", "BrokerConfig", "ClientSession", "default_data_dir", "derive_endpoints"]

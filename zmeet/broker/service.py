@@ -142,6 +142,10 @@ class BrokerCore(Protocol):
         """The newest session holding ``nick``, or None."""
         ...
 
+    def sessions_of_key(self, key: str) -> tuple[ClientSession, ...]:
+        """Every session held by the client key ``key``."""
+        ...
+
     def sessions_of(self, nick: str) -> tuple[ClientSession, ...]:
         """Every session holding ``nick`` (one key may hold it on several connections)."""
         ...

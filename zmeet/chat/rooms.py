@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from ..errors import Refused
 from ..protocol import ErrorCode, RoomEvent
 from ..protocol.limits import (
+    MAX_LIVE_ROOMS,
     MAX_ROOM_TOPIC_BYTES,
     MAX_ROOMS_PER_SESSION,
+    MAX_SESSIONS,
     MAX_TEXT_BYTES,
     is_valid_nick,
     is_valid_room,
@@ -69,7 +71,13 @@ class Rooms:
 
     ``clock`` returns wall-clock seconds since the Unix epoch (the broker clock's ``wall_s``, a
     fake in tests); ``load_room`` returns ``(last_seq, topic)`` of a room from the store the
-    first time the room is touched, so sequence numbers go on across broker restarts.
+    time a room is loaded, so sequence numbers go on across broker restarts.
+
+    Bounded state: at most ``max_nicks`` nicks held (MAX_SESSIONS) and ``max_rooms`` rooms
+    in memory (MAX_LIVE_ROOMS); past them a claim or a JOIN gets TOO_MANY. A room nobody is
+    in is kept only until :meth:`free_idle`, which the caller runs once the room's events
+    are stored (the broker: after each group commit), so that reloading it from the store
+    gives the same ``last_seq`` and room topic.
     """
 
     def __init__(
@@ -77,11 +85,18 @@ class Rooms:
         clock: Callable[[], float],
         load_room: Callable[[str], tuple[int, str]],
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        *,
+        max_rooms: int = MAX_LIVE_ROOMS,
+        max_nicks: int = MAX_SESSIONS,
     ) -> None:
         self._clock = clock
         self._load_room = load_room
         self._new_id = new_id
+        self.max_rooms = max_rooms
+        self.max_nicks = max_nicks
         self._rooms: dict[str, Room] = {}
+        self._idle: set[str] = set()
+        """Rooms in memory that may have no members: :meth:`free_idle` checks them."""
         self._nicks: dict[str, object] = {}
         self._joined: dict[str, set[str]] = {}
 
@@ -89,11 +104,15 @@ class Rooms:
 
     def claim_nick(self, nick: str, owner: object) -> None:
         """Give ``nick`` to ``owner`` (a session key). Raises :class:`Refused` INVALID_NAME or
-        NICK_IN_USE (the holder keeps it). Claiming a nick one already holds is a no-op."""
+        NICK_IN_USE (the holder keeps it), TOO_MANY past ``max_nicks`` nicks held. Claiming a
+        nick one already holds is a no-op."""
         check_nick(nick)
         holder = self._nicks.get(nick)
         if holder is not None and holder != owner:
             raise Refused(ErrorCode.NICK_IN_USE, f"nick {nick!r} is in use")
+        if holder is None and len(self._nicks) >= self.max_nicks:
+            raise Refused(ErrorCode.TOO_MANY,
+                          f"the broker serves at most {self.max_nicks} sessions; try later")
         self._nicks[nick] = owner
         self._joined.setdefault(nick, set())
 
@@ -124,13 +143,36 @@ class Rooms:
     # rooms ----------------------------------------------------------------------------------
 
     def room(self, name: str) -> Room:
-        """The room called ``name``, loaded from the store on first use. Raises INVALID_NAME."""
+        """The room called ``name``, loaded from the store if it is not in memory. Raises
+        INVALID_NAME, TOO_MANY when ``max_rooms`` rooms are in memory already."""
         check_room(name)
         room = self._rooms.get(name)
         if room is None:
+            if len(self._rooms) >= self.max_rooms:
+                raise Refused(ErrorCode.TOO_MANY,
+                              f"the broker has {self.max_rooms} rooms open; try later")
             last_seq, topic = self._load_room(name)
             room = self._rooms[name] = Room(name, last_seq, topic)
+            self._idle.add(name)
         return room
+
+    def free_idle(self) -> int:
+        """Forget the rooms in memory that nobody is in; returns how many. Call it only when
+        every event made so far is stored (a room's ``last_seq`` comes back from the store).
+        O(rooms that lost their last member, or were loaded, since the last call)."""
+        freed = 0
+        rooms = self._rooms
+        for name in self._idle:
+            room = rooms.get(name)
+            if room is not None and not room.members:
+                del rooms[name]
+                freed += 1
+        self._idle.clear()
+        return freed
+
+    def __len__(self) -> int:
+        """Rooms in memory now."""
+        return len(self._rooms)
 
     def peek(self, name: str) -> Room:
         """Room ``name`` as it is, without keeping a room that nobody uses in memory.
@@ -177,13 +219,16 @@ class Rooms:
 
     def leave(self, name: str, nick: str, type_: str = "leave", reason: str = "") -> RoomEvent:
         """Take ``nick`` out of room ``name``; returns the ``leave`` (or ``gone``) event.
-        Raises NOT_MEMBER if it was not in."""
+        Raises INVALID_NAME, NOT_MEMBER if it was not in."""
         joined = self._require(nick)
-        room = self.room(name)
-        if nick not in room.members:
+        check_room(name)
+        room = self._rooms.get(name)
+        if room is None or nick not in room.members:
             raise Refused(ErrorCode.NOT_MEMBER, f"you are not in room {name!r}")
         del room.members[nick]
         joined.discard(name)
+        if not room.members:
+            self._idle.add(name)
         return self._event(room, type_, nick, reason)
 
     def say(self, name: str, nick: str, text: str) -> RoomEvent:
@@ -209,8 +254,10 @@ class Rooms:
         return self._event(self.room(name), type_, nick, text)
 
     def members(self, name: str) -> tuple[str, ...]:
-        """Members of room ``name`` in join order."""
-        return tuple(self.room(name).members)
+        """Members of room ``name`` in join order. Raises INVALID_NAME."""
+        check_room(name)
+        room = self._rooms.get(name)
+        return tuple(room.members) if room is not None else ()
 
     def _require(self, nick: str) -> set[str]:
         joined = self._joined.get(nick)
@@ -220,8 +267,9 @@ class Rooms:
 
     def _member_room(self, name: str, nick: str) -> Room:
         self._require(nick)
-        room = self.room(name)
-        if nick not in room.members:
+        check_room(name)
+        room = self._rooms.get(name)  # a room with a member is in memory
+        if room is None or nick not in room.members:
             raise Refused(ErrorCode.NOT_MEMBER, f"join room {name!r} first")
         return room
 

@@ -32,7 +32,14 @@ import zmq.green as zmq_green
 from .. import keys
 from .. import protocol as p
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import BrokerKeyChanged, BrokerUnavailable, InsecureBroker, NickInUse, Refused
+from ..errors import (
+    BrokerKeyChanged,
+    BrokerUnavailable,
+    InsecureBroker,
+    NickInUse,
+    RateLimited,
+    Refused,
+)
 from ..protocol import clone
 from ..protocol import privacy as pp
 from ..protocol.clone import LinkState, Notice
@@ -43,6 +50,13 @@ log = logging.getLogger("zmeet.client")
 
 DEFAULT_TIMEOUT_S = 5.0
 """How long a request waits for its reply before the broker is taken to be unavailable."""
+
+RATE_LIMIT_RETRIES = 20
+"""Times a request refused RATE_LIMITED is sent again (after its ``retry_after_ms``) before
+:class:`~zmeet.errors.RateLimited` reaches the caller."""
+
+RATE_LIMIT_WAIT_S = 60.0
+"""Most seconds one request spends waiting out RATE_LIMITED refusals in all."""
 
 
 def resolve_endpoint(advertised: str, control: str) -> str:
@@ -75,6 +89,10 @@ class Session:
     run with ``--insecure`` is refused (:class:`~zmeet.errors.InsecureBroker`) unless
     ``insecure`` is True, and always when a key is pinned for it.
     """
+
+    rate_limit_wait_s: float = RATE_LIMIT_WAIT_S
+    """Most seconds one request waits out RATE_LIMITED refusals in all before
+    :class:`~zmeet.errors.RateLimited` reaches the caller (0: it does at once)."""
 
     def __init__(
         self,
@@ -310,9 +328,31 @@ class Session:
     def request(self, cls: type[p.Request], *, timeout_s: float | None = None, **fields) -> p.Reply:
         """Send ``cls(req_id=..., **fields)`` and wait for its reply.
 
+        A request the broker refuses RATE_LIMITED (docs/protocol.md, "Rate limits") is sent
+        again, under a new ``req_id``, once its ``retry_after_ms`` has passed: at most
+        RATE_LIMIT_RETRIES times and :attr:`rate_limit_wait_s` seconds of waiting in all.
+
         Raises :class:`BrokerUnavailable` after ``timeout_s`` without a reply,
-        :class:`NickInUse` or :class:`Refused` for an ERROR reply.
+        :class:`RateLimited` past those bounds, :class:`NickInUse` or :class:`Refused` for
+        another ERROR reply.
         """
+        waited_s = 0.0
+        for _ in range(RATE_LIMIT_RETRIES):
+            try:
+                return self._request_once(cls, timeout_s=timeout_s, **fields)
+            except RateLimited as exc:
+                wait_s = exc.retry_after_ms / 1000
+                if waited_s + wait_s > self.rate_limit_wait_s:
+                    raise
+                log.debug("%s rate limited: retrying in %d ms", cls.__name__,
+                          exc.retry_after_ms)
+                gevent.sleep(wait_s)
+                waited_s += wait_s
+        return self._request_once(cls, timeout_s=timeout_s, **fields)
+
+    def _request_once(self, cls: type[p.Request], *, timeout_s: float | None = None,
+                      **fields) -> p.Reply:
+        """One request and its reply (see :meth:`request`); RATE_LIMITED raises at once."""
         if self._dealer is None or self._clone.state is LinkState.CLOSED:
             raise BrokerUnavailable("the session is closed")
         req_id = next(self._ids)
@@ -340,12 +380,16 @@ class Session:
         finally:
             self._pending.pop(req_id, None)
         if isinstance(reply, p.Error):
+            if reply.code == p.ErrorCode.RATE_LIMITED:
+                raise RateLimited(reply.code, reply.reason, reply.retry_after_ms)
             exc_cls = NickInUse if reply.code == p.ErrorCode.NICK_IN_USE else Refused
             raise exc_cls(reply.code, reply.reason)
         return reply
 
     def say(self, room: str, text: str) -> p.Posted:
-        """Say ``text`` in ``room``; returns POSTED once stored and published."""
+        """Say ``text`` in ``room``; returns POSTED once stored and published. Over the chat
+        rate limit it waits and retries (:meth:`request`); raises :class:`RateLimited` past
+        its bounds, :class:`Refused`, :class:`BrokerUnavailable`."""
         reply = self.request(p.Say, room=room, text=text)
         assert isinstance(reply, p.Posted)
         return reply

@@ -37,6 +37,11 @@ class ErrorCode(IntEnum):
     """A nick or room name does not match its pattern."""
     VERSION_MISMATCH = 426
     """The header carries a protocol version this broker does not speak."""
+    RATE_LIMITED = 420
+    """The request is over its rate limit (docs/protocol.md, "Rate limits"): it was not
+    applied; the same request is admitted after the ERROR's ``retry_after_ms``. 429 (HTTP's
+    Too Many Requests) is TOO_MANY's here; 420 is the code Twitter's API used for rate
+    limiting before 429 existed ("Enhance Your Calm")."""
     NOT_YOUR_TURN = 425
     """A move out of turn: wait for the opponent."""
     TOO_MANY = 429

@@ -79,6 +79,19 @@ HEARTBEAT_INTERVAL_MS = 2000
 HEARTBEAT_LIVENESS = 5
 """Intervals of silence after which the broker declares a client gone (and a client the broker)."""
 
+MAX_SESSIONS = 10_000
+"""Most sessions, and most nicks held, a broker keeps at once; a HELLO past it gets
+TOO_MANY."""
+
+MAX_SESSIONS_PER_KEY = 16
+"""Most sessions (connections) one key holds at once, all its nicks together: a person's
+terminals, not a flood of connections; a HELLO past it gets TOO_MANY."""
+
+MAX_LIVE_ROOMS = 10_000
+"""Most rooms with members a broker keeps in memory at once; a JOIN that would open another
+gets TOO_MANY. A room nobody is in is freed (its sequence number and room topic come back
+from the store)."""
+
 MAX_REQ_ID = 2**63 - 1
 
 

@@ -282,11 +282,15 @@ class Ok(Reply):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Error(Reply):
     """A request failed: ``code`` is an :class:`~zmeet.protocol.codes.ErrorCode`, ``reason``
-    text for people. ``req_id`` is 0 when the request could not be read at all."""
+    text for people. ``req_id`` is 0 when the request could not be read at all.
+    ``retry_after_ms`` is, for RATE_LIMITED, the milliseconds after which the same request is
+    admitted (docs/protocol.md, "Rate limits"), else 0; an ERROR without it (an older broker)
+    decodes as 0."""
 
     COMMAND: ClassVar[bytes] = b"ERROR"
     code: int
     reason: str
+    retry_after_ms: int = 0
 
 
 # --- media ----------------------------------------------------------------------------------
